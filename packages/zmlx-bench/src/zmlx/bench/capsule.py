@@ -1,0 +1,174 @@
+"""The repro capsule: one JSON file holding the environment, the method and every raw per-run number of a run.
+
+Schema rules (msgspec schema evolution, shared with :mod:`zmlx.validate.record`):
+
+- every record derives from :class:`zmlx.validate.record.Base` (frozen; unknown fields are skipped on decode, so
+  a capsule written by a newer zmlx-bench stays readable by an older one) and repeats ``kw_only=True``, because
+  msgspec applies ``kw_only`` only to the fields of the class that declares it;
+- the top-level :class:`Capsule` is tagged ``"schema": "zmlx.capsule/1"``; the version lives inside the tag
+  string (msgspec has no compound tags), and a breaking change means a new tag, ``zmlx.capsule/2``;
+- fields are only ever added, always with a default; a field's type never changes.
+
+The per-side numbers (:class:`~zmlx.validate.record.SideResult`) and the token comparison
+(:class:`~zmlx.validate.record.Fidelity`) are zmlx-validate's own records, so both tools describe a run the same
+way. ``zmlx-bench schema`` publishes the JSON Schema of :class:`Capsule`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from zmlx.validate.record import Base, Fidelity, SideResult, write_json_atomic
+
+SCHEMA_FAMILY = "zmlx.capsule"
+SCHEMA_TAG = f"{SCHEMA_FAMILY}/1"
+
+__all__ = [
+    "SCHEMA_TAG", "Capsule", "CapsuleError", "Environment", "KernelBench", "KernelTiming", "Methodology",
+    "ModelResult", "Summary", "json_schema", "load_capsule", "save_capsule",
+]
+
+
+class Environment(Base, kw_only=True):
+    """Where the numbers were measured. ``None`` means "could not be determined here", never a guess."""
+
+    os: str  # platform.system(): "Darwin" | "Linux" | ...
+    os_version: str  # macOS product version or Linux kernel release
+    arch: str  # "arm64" | "x86_64" | ...
+    backend: str  # "metal" | "cuda" | "cpu": where the default device's ops run
+    device: str  # GPU or chip name
+    driver: str | None = None  # NVIDIA driver version (CUDA); None on Metal/CPU (os_version covers macOS)
+    device_memory_gb: float | None = None  # memory the device can address (unified memory on Apple silicon)
+    system_memory_gb: float | None = None
+    python: str
+    mlx: str
+    mlx_lm: str | None = None
+    mlx_builds: dict[str, str] = {}  # mlx's backend wheels: mlx-metal, mlx-cuda-13, mlx-cpu -> version
+    packages: dict[str, str]  # every installed zmlx distribution -> version
+    git_commit: str | None = None  # of the zmlx checkout, None outside a git checkout
+    git_dirty: bool | None = None  # uncommitted changes to tracked files
+
+
+class Methodology(Base, kw_only=True):
+    """How the numbers were measured: enough to run the same measurement again."""
+
+    prompt_tokens: int
+    max_tokens: int  # tokens generated per run (greedy; EOS does not stop a benchmark run)
+    warmup_runs: int  # per side, not measured
+    runs: int  # measured runs per side
+    order: str = "interleaved"  # baseline and patched runs alternate, so drift hits both sides alike
+    decoding: str = "greedy"
+    seed: int
+    max_fused_tokens: int  # the patch's sequence-length guard: fused path for M <= this
+    patterns: list[str] | None = None  # --patterns as given (None: the patch's defaults for each family)
+    exclude: list[str] = []
+    prompt: str  # how the prompt was made (deterministic; see zmlx.bench.run.synth_prompt_ids)
+    bootstrap_resamples: int
+    command: list[str]  # argv of the run
+
+
+class Summary(Base, kw_only=True):
+    """Headline numbers of one model. Speedups are patched / baseline (> 1.0 means faster)."""
+
+    decode_speedup: float  # median patched decode tok/s / median baseline decode tok/s
+    prefill_speedup: float
+    decode_speedup_ci95: tuple[float, float]  # percentile bootstrap of the ratio of medians
+    excludes_one: bool  # the interval lies wholly above or below 1.0: a change outside run-to-run noise
+    decode_ms_per_token_saved: float  # 1000/baseline - 1000/patched (medians); negative when slower
+    peak_memory_change_gb: float  # patched - baseline
+
+
+class ModelResult(Base, kw_only=True):
+    model: str  # the spec as given on the command line (hub id, path or synthetic:NAME)
+    name: str  # what the loader resolved it to
+    model_type: str = ""
+    patterns: list[str]  # patterns the patch applied
+    counts: dict[str, int]  # pattern -> modules patched
+    fidelity: Fidelity
+    baseline: SideResult
+    patched: SideResult
+    summary: Summary
+    load_s: float | None = None
+
+
+class KernelTiming(Base, kw_only=True):
+    """One op at one shape: median wall time per call, each call evaluated and synchronised on its own."""
+
+    op: str
+    case: str  # which model's shape it mirrors, e.g. "qwen3-30b-a3b"
+    tokens: int  # M: 1 is decode, 512 prefill
+    shapes: list[list[int]]  # input shapes
+    dtype: str
+    reference_us: float
+    fused_us: float | None = None  # None where no GPU kernel can run (CPU backend)
+    speedup: float | None = None  # reference_us / fused_us
+    identical: bool | None = None  # fused output bit-identical to the reference
+
+
+class KernelBench(Base, kw_only=True):
+    backend: str
+    device: str
+    repeats: int
+    iterations: int
+    note: str = ""
+    results: list[KernelTiming]
+
+
+class Capsule(Base, kw_only=True, tag_field="schema", tag=SCHEMA_TAG):
+    """A repro capsule: what ``zmlx-bench run`` writes (and ``zmlx-bench kernels --out``)."""
+
+    created_utc: str  # ISO 8601, seconds
+    environment: Environment
+    methodology: Methodology | None = None  # None in a kernels-only capsule
+    results: list[ModelResult] = []
+    kernels: KernelBench | None = None
+    note: str = ""
+
+
+class CapsuleError(Exception):
+    """A capsule could not be read; the message is one line that names the file and the problem."""
+
+
+def load_capsule(path: str | os.PathLike[str]) -> Capsule:
+    """Read and check a capsule, raising :class:`CapsuleError` with a one-line reason on any problem."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise CapsuleError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise CapsuleError(f"{p}: is a directory, not a capsule file") from None
+    except OSError as e:
+        raise CapsuleError(f"{p}: cannot read: {e.strerror or e}") from None
+    try:
+        raw: Any = msgspec.json.decode(data)
+    except msgspec.DecodeError as e:
+        raise CapsuleError(f"{p}: not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise CapsuleError(f"{p}: not a zmlx capsule: top level is a JSON {type(raw).__name__}, not an object")
+    tag = raw.get("schema")
+    if tag is None:
+        raise CapsuleError(f"{p}: not a zmlx capsule: no \"schema\" field (expected \"{SCHEMA_TAG}\")")
+    if tag != SCHEMA_TAG:
+        if isinstance(tag, str) and tag.startswith(SCHEMA_FAMILY + "/"):
+            raise CapsuleError(
+                f"{p}: unsupported capsule schema version \"{tag}\": this zmlx-bench reads \"{SCHEMA_TAG}\""
+            )
+        raise CapsuleError(f"{p}: not a zmlx capsule: schema is {tag!r}, expected \"{SCHEMA_TAG}\"")
+    try:
+        return msgspec.json.decode(data, type=Capsule)
+    except msgspec.ValidationError as e:
+        raise CapsuleError(f"{p}: invalid capsule: {e}") from None
+
+
+def save_capsule(path: str | os.PathLike[str], capsule: Capsule) -> None:
+    """Write ``capsule`` as indented JSON, atomically (the old file or the whole new one, never half)."""
+    write_json_atomic(path, capsule)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of :class:`Capsule` (what ``zmlx-bench schema`` writes)."""
+    return msgspec.json.schema(Capsule)

@@ -1,0 +1,34 @@
+"""zmlx.kernels: fused MLX ops written once for Metal and CUDA, with pure-MLX references for the CPU.
+
+Every op dispatches by the stream's device: a Metal GPU runs the Metal kernel, a CUDA GPU the CUDA kernel, and
+the CPU the reference, which defines the op's exact semantics (op for op what mlx-lm computes).
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._compat import check_mlx_version
+
+check_mlx_version()
+
+from .ops.activations import geglu, swiglu, swiglu_oai  # noqa: E402
+from .ops.combine import moe_combine  # noqa: E402
+from .ops.norms import add_rms_norm  # noqa: E402
+from .ops.routing import grouped_sigmoid_topk, sigmoid_topk, softmax_topk, topk_softmax  # noqa: E402
+
+try:
+    __version__ = version("zmlx-kernels")
+except PackageNotFoundError:  # running from a source tree without metadata
+    __version__ = "0+unknown"
+
+__all__ = [
+    "__version__",
+    "add_rms_norm",
+    "geglu",
+    "grouped_sigmoid_topk",
+    "moe_combine",
+    "sigmoid_topk",
+    "softmax_topk",
+    "swiglu",
+    "swiglu_oai",
+    "topk_softmax",
+]

@@ -1,0 +1,110 @@
+"""Which backend a stream runs on, and the cache of compiled kernel objects.
+
+Dispatch rule: a Metal GPU stream runs the Metal kernel, a CUDA GPU stream the CUDA kernel, and a CPU stream
+(or a machine without a GPU) the pure-MLX reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import mlx.core as mx
+
+from .emit import Backend, KernelSpec, emit
+
+Target = Literal["metal", "cuda", "cpu"]
+
+
+@functools.cache
+def gpu_backend() -> Backend | None:
+    """The GPU backend MLX was built with on this machine, or None."""
+    if mx.metal.is_available():
+        return "metal"
+    if mx.cuda.is_available():
+        return "cuda"
+    return None
+
+
+def target_for(stream: mx.Stream | mx.Device | None = None) -> Target:
+    """The backend that ops on ``stream`` (default: the default device) run on."""
+    if stream is None:
+        device = mx.default_device()
+    elif isinstance(stream, mx.Stream):
+        device = stream.device
+    else:
+        device = stream
+    if device.type == mx.DeviceType.gpu:
+        gpu = gpu_backend()
+        if gpu is not None:
+            return gpu
+    return "cpu"
+
+
+_KERNELS: dict[tuple[str, Backend], Any] = {}
+_POISON: list[float] = []  # non-empty while poison_outputs() is active
+
+
+@contextlib.contextmanager
+def poison_outputs(value: float = float("nan")):
+    """Fill every kernel output with ``value`` before the kernel runs (tests: unwritten elements show up)."""
+    _POISON.append(value)
+    try:
+        yield
+    finally:
+        _POISON.pop()
+
+
+def compiled(spec: KernelSpec, backend: Backend) -> Any:
+    """The MLX kernel object for ``spec`` on ``backend``, built once per process.
+
+    MLX itself caches each (dtype, template constants) instantiation under this object, so building it is the
+    only per-spec cost; a decode step only pays the dictionary lookup.
+    """
+    key = (spec.kernel_name, backend)
+    kern = _KERNELS.get(key)
+    if kern is None:
+        src = emit(spec, backend)
+        names_in = [p.name for p in spec.inputs]
+        names_out = [p.name for p in spec.outputs]
+        if backend == "metal":
+            kern = mx.fast.metal_kernel(
+                name=spec.kernel_name, input_names=names_in, output_names=names_out,
+                source=src.source, header=src.header, ensure_row_contiguous=True,
+            )
+        else:
+            kern = mx.fast.cuda_kernel(
+                name=spec.kernel_name, input_names=names_in, output_names=names_out,
+                source=src.source, header=src.header, ensure_row_contiguous=True,
+            )
+        _KERNELS[key] = kern
+    return kern
+
+
+def launch(
+    spec: KernelSpec,
+    backend: Backend,
+    *,
+    inputs: Sequence[mx.array],
+    output_shapes: Sequence[Sequence[int]],
+    output_dtypes: Sequence[mx.Dtype],
+    threads: int,
+    threadgroup: int,
+    blocks_y: int = 1,
+    template: Sequence[tuple[str, Any]] = (),
+    stream: mx.Stream | None = None,
+) -> list[mx.array]:
+    """Launch ``spec`` with ``threads`` logical threads in x, rounded up to whole threadgroups."""
+    groups = max(1, -(-threads // threadgroup))
+    return compiled(spec, backend)(
+        inputs=list(inputs),
+        output_shapes=[tuple(s) for s in output_shapes],
+        output_dtypes=list(output_dtypes),
+        grid=(groups * threadgroup, blocks_y, 1),
+        threadgroup=(threadgroup, 1, 1),
+        template=list(template),
+        init_value=_POISON[-1] if _POISON else None,
+        stream=stream,
+    )

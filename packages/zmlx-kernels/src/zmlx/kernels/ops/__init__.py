@@ -1,0 +1,1 @@
+"""One module per op family: each holds its reference, its kernel spec(s) and the public wrapper."""

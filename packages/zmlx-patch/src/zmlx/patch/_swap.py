@@ -1,0 +1,78 @@
+"""Reversible class swap: a patched module keeps its instance, weights and attributes; only ``__class__`` changes.
+
+The patched class is a cached subclass of the module's original class, so ``isinstance``, parameters,
+``sharding_group`` and every attribute behave as before. Its ``__call__`` takes the pattern's fused path only while
+the block sees at most ``max_fused_tokens`` tokens (decode) and otherwise runs the original class's ``__call__``
+(prefill), so long inputs execute exactly mlx-lm's code. ``restore`` puts the original class back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+# (original class, pattern name, max_fused_tokens, site) -> patched subclass; one class per combination so an
+# instance carries no extra state and unpatching is a single __class__ assignment.
+_CLASSES: dict[tuple[type, str, int, Any], type] = {}
+
+FusedFn = Callable[..., Any]
+
+
+def token_count(x: mx.array) -> int:
+    """Tokens a block sees: every leading dimension of a ``[..., D]`` activation."""
+    return x.size // x.shape[-1] if x.ndim else 1
+
+
+def patched_class(original: type, pattern: str, max_fused_tokens: int, site: Any, fused: FusedFn) -> type:
+    """The subclass of ``original`` whose ``__call__`` runs ``fused(self, site, x, ...)`` for short inputs."""
+    key = (original, pattern, max_fused_tokens, site)
+    cls = _CLASSES.get(key)
+    if cls is not None:
+        return cls
+    original_call = original.__call__
+
+    def __call__(self, x, *args, **kwargs):
+        if token_count(x) <= max_fused_tokens:
+            return fused(self, site, x, *args, **kwargs)
+        return original_call(self, x, *args, **kwargs)
+
+    cls = type(
+        original.__name__,
+        (original,),
+        {
+            "__call__": __call__,
+            "__module__": original.__module__,
+            "__qualname__": original.__qualname__,
+            "__doc__": original.__doc__,
+            "_zmlx_original": original,
+            "_zmlx_pattern": pattern,
+            "_zmlx_max_fused_tokens": max_fused_tokens,
+        },
+    )
+    _CLASSES[key] = cls
+    return cls
+
+
+def original_class(module: nn.Module) -> type | None:
+    """The class a patched module had before patching, or None when it is not patched."""
+    return type(module).__dict__.get("_zmlx_original")
+
+
+def pattern_of(module: nn.Module) -> str | None:
+    return type(module).__dict__.get("_zmlx_pattern")
+
+
+def swap(module: nn.Module, cls: type) -> None:
+    module.__class__ = cls
+
+
+def restore(module: nn.Module) -> bool:
+    """Put the original class back; True when the module was patched."""
+    original = original_class(module)
+    if original is None:
+        return False
+    module.__class__ = original
+    return True

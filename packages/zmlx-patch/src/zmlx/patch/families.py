@@ -1,0 +1,208 @@
+"""Per-family semantics: what each mlx-lm block computes, written as data the patterns interpret.
+
+Every entry names the exact mlx-lm class it describes (``module:Class``); a pattern only swaps an instance whose
+class is exactly that one, so a family's math is never guessed from names. The MoE rows follow mlx-lm 0.32's block
+code line for line (router, gating op and flags, experts, shared expert, combine rounding); the gating ops and
+their flags come from the family -> call table in ``zmlx.kernels.ops.routing``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Literal
+
+Layout = Literal["gate_up_down", "w1_w3_w2", "fused_gate_up"]
+Activation = Literal["silu", "gelu", "gelu_approx"]
+
+
+@dataclass(frozen=True)
+class Attr:
+    """A value read from the patched block at call time (dotted attribute path), e.g. ``Attr("top_k")``."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class DenseSite:
+    """A gated MLP: ``down(act(gate(x)) * up(x))``."""
+
+    block: str
+    layout: Layout
+    activation: Activation
+
+
+@dataclass(frozen=True)
+class Gating:
+    """One ``zmlx.kernels`` routing call: ``getattr(zk, op)(logits, **args)`` -> ``(indices, weights)``."""
+
+    op: Literal["softmax_topk", "topk_softmax", "sigmoid_topk", "grouped_sigmoid_topk"]
+    args: tuple[tuple[str, Attr | bool | float | int | str | None], ...]
+
+
+# How a block turns x into router logits, exactly as its own code does.
+#   linear:       router(x)                 (nn.Linear or its quantized form; may carry a bias)
+#   linear_fp32:  router(x.astype(float32)) (minimax)
+#   weight:       x @ router.weight.T       (deepseek_v3 / glm4_moe MoEGate, a raw weight array)
+Logits = Literal["linear", "linear_fp32", "weight"]
+# Shared expert, added after the routed combine:
+#   sigmoid_gated: y + sigmoid(shared_expert_gate(x)) * shared_expert(x)   (qwen2_moe, qwen3_next)
+#   plain:         y + shared_experts(x), when the block has one           (deepseek_v3, glm4_moe)
+Shared = Literal["none", "sigmoid_gated", "plain"]
+
+
+@dataclass(frozen=True)
+class MoeSite:
+    block: str
+    router: str
+    logits: Logits
+    gating: Gating
+    experts: str = "switch_mlp"
+    shared: Shared = "none"
+    # the block ends its combine with ``.astype(y.dtype)`` (weights may be float32: accumulate there, then cast)
+    cast_combine: bool = False
+    # the block routes ``x.reshape(-1, D)`` and reshapes the result back (olmoe)
+    flatten_tokens: bool = False
+
+
+@dataclass(frozen=True)
+class ResidualSite:
+    """A pre-norm decoder layer whose ``__call__`` is exactly
+
+    ``r = attn(input_layernorm(x), mask, cache); h = x + r; r = ffn(post_attention_layernorm(h)); out = h + r``
+    with ``post_attention_layernorm`` an ``nn.RMSNorm``.
+    """
+
+    block: str
+    attn: str
+    ffn: str
+
+
+def resolve_class(block: str) -> type | None:
+    """``"mlx_lm.models.llama:MLP"`` -> the class, or None if this mlx-lm lacks it."""
+    module_name, _, qualname = block.partition(":")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj if isinstance(obj, type) else None
+
+
+def _m(model: str, cls: str) -> str:
+    return f"mlx_lm.models.{model}:{cls}"
+
+
+def swiglu(model: str, cls: str = "MLP", layout: Layout = "gate_up_down") -> DenseSite:
+    return DenseSite(_m(model, cls), layout, "silu")
+
+
+K = Attr  # readability in the table below
+
+# --- MoE gating, one row per family (mlx-lm 0.32 block code) ------------------------------------------------
+# argpartition orientation matters for token identity: it fixes the order of the k experts and hence the order
+# of the combine sum. "high" = argpartition(s, kth=-k)[..., -k:], "low" = argpartition(-s, kth=k-1)[..., :k].
+MOE: dict[str, MoeSite] = {
+    # softmax(precise) -> top-k (high) -> optional renorm; combine cast back to y.dtype
+    "qwen3_moe": MoeSite(
+        _m("qwen3_moe", "Qwen3MoeSparseMoeBlock"), "gate", "linear",
+        Gating("softmax_topk", (("k", K("top_k")), ("renormalize", K("norm_topk_prob")), ("order", "high"))),
+        cast_combine=True,
+    ),
+    # softmax(precise) -> top-k (low), no renorm; sigmoid-gated shared expert
+    "qwen2_moe": MoeSite(
+        _m("qwen2_moe", "Qwen2MoeSparseMoeBlock"), "gate", "linear",
+        Gating("softmax_topk", (("k", K("top_k")), ("renormalize", False), ("order", "low"))),
+        shared="sigmoid_gated",
+    ),
+    # as qwen3_moe (renorm by norm_topk_prob) + sigmoid-gated shared expert; also qwen3_5(_moe)
+    "qwen3_next": MoeSite(
+        _m("qwen3_next", "Qwen3NextSparseMoeBlock"), "gate", "linear",
+        Gating("softmax_topk", (("k", K("top_k")), ("renormalize", K("norm_topk_prob")), ("order", "high"))),
+        shared="sigmoid_gated",
+    ),
+    # softmax(precise) over flattened tokens -> top-k (low) -> optional renorm
+    "olmoe": MoeSite(
+        _m("olmoe", "OlmoeSparseMoeBlock"), "gate", "linear",
+        Gating("softmax_topk", (("k", K("top_k")), ("renormalize", K("norm_topk_prob")), ("order", "low"))),
+        flatten_tokens=True,
+    ),
+    # top-k on logits (low) -> softmax(precise) over the k
+    "mixtral": MoeSite(
+        _m("mixtral", "MixtralSparseMoeBlock"), "gate", "linear",
+        Gating("topk_softmax", (("k", K("num_experts_per_tok")), ("order", "low"), ("fp32", False))),
+    ),
+    # top-k on logits (high) -> softmax(precise) over the k; router has a bias; experts are SwitchGLU(SwigluOAI)
+    "gpt_oss": MoeSite(
+        _m("gpt_oss", "MLPBlock"), "router", "linear",
+        Gating("topk_softmax", (("k", K("num_experts_per_tok")), ("order", "high"), ("fp32", False))),
+        experts="experts",
+    ),
+    # top-k on logits (high) -> softmax over the k in float32; combine in float32 then cast
+    "granitemoe": MoeSite(
+        _m("granitemoe", "GraniteMoeMoE"), "router.layer", "linear",
+        Gating("topk_softmax", (("k", K("router.top_k")), ("order", "high"), ("fp32", True))),
+        cast_combine=True,
+    ),
+    # sigmoid(logits); select on float32(sig) + expert_bias (high); weights = sig, renorm /(sum+1e-6), x rsf, cast
+    "lfm2_moe": MoeSite(
+        _m("lfm2_moe", "Lfm2MoeSparseMoeBlock"), "gate", "linear",
+        Gating("sigmoid_topk", (("k", K("top_k")), ("bias", K("expert_bias")), ("renormalize", K("norm_topk_prob")),
+                                ("eps", 1e-6), ("scale", K("routed_scaling_factor")), ("family", "lfm2_moe"))),
+    ),
+    # sigmoid(float32 logits) + e_score_correction_bias select (low); renorm /(sum+1e-20); cast to x.dtype
+    "minimax": MoeSite(
+        _m("minimax", "MiniMaxSparseMoeBlock"), "gate", "linear_fp32",
+        Gating("sigmoid_topk", (("k", K("num_experts_per_tok")), ("bias", K("e_score_correction_bias")),
+                                ("renormalize", True), ("eps", 1e-20), ("scale", 1.0), ("family", "minimax"))),
+    ),
+    # noaux_tc: sigmoid(float32) + bias, group top-2 sums, drop the worst groups, top-k (low), renorm, x rsf
+    "deepseek_v3": MoeSite(
+        _m("deepseek_v3", "DeepseekV3MoE"), "gate", "weight",
+        Gating("grouped_sigmoid_topk", (("k", K("gate.top_k")), ("bias", K("gate.e_score_correction_bias")),
+                                        ("n_group", K("gate.n_group")), ("topk_group", K("gate.topk_group")),
+                                        ("renormalize", K("gate.norm_topk_prob")),
+                                        ("scale", K("gate.routed_scaling_factor")))),
+        shared="plain", cast_combine=True,
+    ),
+    "glm4_moe": MoeSite(
+        _m("glm4_moe", "MoE"), "gate", "weight",
+        Gating("grouped_sigmoid_topk", (("k", K("gate.top_k")), ("bias", K("gate.e_score_correction_bias")),
+                                        ("n_group", K("gate.n_group")), ("topk_group", K("gate.topk_group")),
+                                        ("renormalize", K("gate.norm_topk_prob")),
+                                        ("scale", K("gate.routed_scaling_factor")))),
+        shared="plain", cast_combine=True,
+    ),
+}
+
+# --- dense gated MLPs --------------------------------------------------------------------------------------
+DENSE: dict[str, tuple[DenseSite, ...]] = {
+    "llama": (swiglu("llama"),),
+    "qwen2": (swiglu("qwen2"),),
+    "qwen3": (swiglu("qwen3"),),
+    "phi3": (swiglu("phi3", layout="fused_gate_up"),),  # gate_up_proj: first half gate, second half up
+    "lfm2": (swiglu("lfm2", layout="w1_w3_w2"),),  # w1 = gate, w3 = up, w2 = down
+    "gemma": (DenseSite(_m("gemma", "MLP"), "gate_up_down", "gelu"),),  # exact erf GELU
+    "gemma2": (DenseSite(_m("gemma2", "MLP"), "gate_up_down", "gelu_approx"),),  # tanh GELU
+    "gemma3_text": (DenseSite(_m("gemma3_text", "MLP"), "gate_up_down", "gelu_approx"),),
+    # dense layers and shared experts inside MoE models
+    "qwen3_moe": (swiglu("qwen3_moe"),),
+    "qwen2_moe": (swiglu("qwen2_moe"),),
+    "qwen3_next": (swiglu("qwen3_next", "Qwen3NextMLP"),),
+    "lfm2_moe": (swiglu("lfm2_moe"),),
+    "deepseek_v3": (swiglu("deepseek_v3", "DeepseekV3MLP"),),
+    "glm4_moe": (swiglu("glm4_moe"),),
+}
+
+# --- residual add + RMSNorm (layers whose __call__ matches ResidualSite's docstring, checked by reading them) --
+RESIDUAL: dict[str, tuple[ResidualSite, ...]] = {
+    "llama": (ResidualSite(_m("llama", "TransformerBlock"), "self_attn", "mlp"),),
+    "qwen2": (ResidualSite(_m("qwen2", "TransformerBlock"), "self_attn", "mlp"),),
+    "qwen3": (ResidualSite(_m("qwen3", "TransformerBlock"), "self_attn", "mlp"),),
+    "qwen3_moe": (ResidualSite(_m("qwen3_moe", "Qwen3MoeDecoderLayer"), "self_attn", "mlp"),),
+    "qwen2_moe": (ResidualSite(_m("qwen2_moe", "Qwen2MoeDecoderLayer"), "self_attn", "mlp"),),
+    "mixtral": (ResidualSite(_m("mixtral", "MixtralDecoderLayer"), "self_attn", "block_sparse_moe"),),
+}

@@ -1,0 +1,33 @@
+"""The patterns: each checks a block's structure against its site and supplies the fused ``__call__`` body."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.nn as nn
+
+from . import geglu_mlp, moe_mlp, residual_norm, swiglu_mlp
+
+
+@dataclass(frozen=True)
+class Pattern:
+    name: str
+    # (module, site) -> None when the module matches, else the reason it is skipped
+    check: Callable[[nn.Module, Any], str | None]
+    # (module, site, x, *args) -> output; runs only when the block sees <= max_fused_tokens tokens
+    fused: Callable[..., Any]
+    summary: str
+
+
+PATTERNS: dict[str, Pattern] = {
+    p.name: p
+    for p in (
+        Pattern("swiglu_mlp", swiglu_mlp.check, swiglu_mlp.fused, swiglu_mlp.SUMMARY),
+        Pattern("geglu_mlp", geglu_mlp.check, geglu_mlp.fused, geglu_mlp.SUMMARY),
+        Pattern("moe_mlp", moe_mlp.check, moe_mlp.fused, moe_mlp.SUMMARY),
+        Pattern("residual_norm", residual_norm.check, residual_norm.fused, residual_norm.SUMMARY),
+    )
+}
+

@@ -1,0 +1,24 @@
+"""Structural checks shared by the patterns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.nn as nn
+
+
+def lookup(obj: Any, path: str) -> Any:
+    """``lookup(block, "gate.top_k")``; None when any part is missing."""
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def missing_modules(module: nn.Module, names: tuple[str, ...]) -> str | None:
+    """None when every named attribute exists and is a module, else the reason to skip."""
+    for name in names:
+        if not isinstance(lookup(module, name), nn.Module):
+            return f"no submodule '{name}'"
+    return None

@@ -1,0 +1,96 @@
+"""moe_mlp: the family's own sparse-MoE block with routing and combine replaced by zmlx.kernels calls.
+
+Everything else is the block's code: the router module computes the logits, the existing ``switch_mlp`` /
+``experts`` (SwitchGLU, quantized or not) runs the experts, the shared expert is added as the family does, and
+``sharding_group`` keeps its ``sum_gradients`` / ``all_sum`` semantics. On the CPU each zk op is the reference, so
+the fused path is op-for-op the original block.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.nn.layers.distributed import sum_gradients
+from mlx_lm.models.switch_layers import SwitchGLU
+
+from zmlx import kernels as zk
+
+from ..families import Attr, MoeSite
+from ._structure import lookup, missing_modules
+
+SUMMARY = "sparse MoE block: gating (zk routing op per family) and expert combine (zk.moe_combine) fused"
+
+
+def _arg_paths(site: MoeSite) -> list[str]:
+    return [v.path for _, v in site.gating.args if isinstance(v, Attr)]
+
+
+def check(module: nn.Module, site: MoeSite) -> str | None:
+    needed = (site.experts,) if site.logits == "weight" else (site.router, site.experts)
+    reason = missing_modules(module, needed)
+    if reason:
+        return reason
+    if not isinstance(lookup(module, site.experts), SwitchGLU):
+        return f"'{site.experts}' is not a SwitchGLU"
+    if site.logits == "weight" and not isinstance(lookup(module, f"{site.router}.weight"), mx.array):
+        return f"router '{site.router}' has no weight array"
+    for path in _arg_paths(site):
+        if lookup(module, path) is None and not _optional(site, path):
+            return f"no attribute '{path}'"
+    if site.shared == "sigmoid_gated":
+        return missing_modules(module, ("shared_expert", "shared_expert_gate"))
+    return None
+
+
+def _optional(site: MoeSite, path: str) -> bool:
+    # lfm2_moe's expert_bias only exists with use_expert_bias
+    return path == "expert_bias"
+
+
+def _logits(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
+    if site.logits == "weight":  # deepseek_v3 / glm4_moe MoEGate: x @ weight.T
+        return x @ lookup(self, site.router).weight.T
+    router = lookup(self, site.router)
+    return router(x.astype(mx.float32) if site.logits == "linear_fp32" else x)
+
+
+def _route(self: nn.Module, site: MoeSite, logits: mx.array) -> tuple[mx.array, mx.array]:
+    kwargs = {name: (lookup(self, v.path) if isinstance(v, Attr) else v) for name, v in site.gating.args}
+    return getattr(zk, site.gating.op)(logits, **kwargs)
+
+
+def fused(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
+    group = getattr(self, "sharding_group", None)
+    if group is not None:
+        x = sum_gradients(group)(x)
+    shape = x.shape
+    if site.flatten_tokens:  # olmoe routes the flattened tokens and reshapes back
+        x = x.reshape(-1, shape[-1])
+
+    inds, scores = _route(self, site, _logits(self, site, x))
+    inds = mx.stop_gradient(inds)
+    y = getattr(self, site.experts)(x, inds)
+    y = _combine(y, scores, cast=site.cast_combine)
+
+    if site.shared == "sigmoid_gated":
+        shared = self.shared_expert(x)
+        y = y + mx.sigmoid(self.shared_expert_gate(x)) * shared
+    elif site.shared == "plain" and "shared_experts" in self:
+        y = y + self.shared_experts(x)
+
+    if site.flatten_tokens:
+        y = y.reshape(shape)
+    if group is not None:
+        y = mx.distributed.all_sum(y, group=group)
+    return y
+
+
+def _combine(y: mx.array, scores: mx.array, *, cast: bool) -> mx.array:
+    """``(y * scores[..., None]).sum(-2)`` [``.astype(y.dtype)``] exactly as the block writes it.
+
+    The product promotes to the wider dtype: float32 weights on bf16 experts (granitemoe, deepseek_v3, glm4_moe)
+    accumulate in float32 and the block casts back; matching dtypes stay in the expert dtype.
+    """
+    wide = mx.promote_types(y.dtype, scores.dtype)
+    out = zk.moe_combine(y, scores, fp32=wide == mx.float32 and y.dtype != mx.float32)
+    return out.astype(y.dtype) if cast else out

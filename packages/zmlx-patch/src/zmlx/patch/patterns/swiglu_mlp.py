@@ -1,0 +1,35 @@
+"""swiglu_mlp: ``down(silu(gate(x)) * up(x))`` with the activation product from ``zmlx.kernels.swiglu``."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from zmlx import kernels as zk
+
+from ..families import DenseSite
+from ._structure import missing_modules
+
+SUMMARY = "gated SiLU MLP: silu(gate) * up fused (zk.swiglu); projections unchanged"
+
+_NAMES = {
+    "gate_up_down": ("gate_proj", "up_proj", "down_proj"),
+    "w1_w3_w2": ("w1", "w3", "w2"),
+    "fused_gate_up": ("gate_up_proj", "down_proj"),
+}
+
+
+def check(module: nn.Module, site: DenseSite) -> str | None:
+    if site.activation != "silu":
+        return f"activation is {site.activation}, not SiLU"
+    return missing_modules(module, _NAMES[site.layout])
+
+
+def fused(self: nn.Module, site: DenseSite, x: mx.array) -> mx.array:
+    if site.layout == "gate_up_down":
+        return self.down_proj(zk.swiglu(self.gate_proj(x), self.up_proj(x)))
+    if site.layout == "w1_w3_w2":  # lfm2: w1 = gate, w3 = up, w2 = down
+        return self.w2(zk.swiglu(self.w1(x), self.w3(x)))
+    # phi3: one projection, first half gate, second half up (mx.split as the block does)
+    gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
+    return self.down_proj(zk.swiglu(gate, up))

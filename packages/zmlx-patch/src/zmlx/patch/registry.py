@@ -1,0 +1,103 @@
+"""model_type -> FamilySpec: which patterns apply to a family, at which blocks, and which are off by default.
+
+Architecture comes from ``model.model_type`` (or ``model.args.model_type``) after mlx-lm's own remapping
+(``mistral`` -> ``llama``), never from class names. Sites name exact mlx-lm classes rather than module paths:
+dense and MoE layers share paths like ``model.layers.N.mlp`` and wrappers such as qwen3_5_moe nest the text
+model deeper, while the class says exactly which code the block runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .families import DENSE, MOE, RESIDUAL, DenseSite, MoeSite, ResidualSite
+
+Site = DenseSite | MoeSite | ResidualSite
+
+PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "residual_norm")
+DEFAULT_PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp")
+
+# Opt-in until a GPU run shows it token-identical per family: on the CPU the op *is* the reference, so the CPU
+# suite cannot tell whether the fused kernel rounds like mx.fast.rms_norm.
+RESIDUAL_NORM_OPT_IN = "opt-in: token identity of the fused add+RMSNorm kernel not yet measured on a GPU"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    model_type: str
+    sites: dict[str, tuple[Site, ...]]
+    # pattern -> why it is off by default (a measured fidelity break); explicit patterns= overrides with a warning
+    excluded: dict[str, str] = field(default_factory=dict)
+    # pattern -> why it is available but not applied unless asked for
+    opt_in: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    def default_patterns(self) -> list[str]:
+        return [p for p in DEFAULT_PATTERNS if p in self.sites and p not in self.excluded and p not in self.opt_in]
+
+
+def _family(model_type: str, sites_from: str | None = None, aliases: tuple[str, ...] = ()) -> FamilySpec:
+    key = sites_from or model_type
+    sites: dict[str, tuple[Site, ...]] = {}
+    dense = DENSE.get(key, ())
+    swiglu = tuple(s for s in dense if s.activation == "silu")
+    geglu = tuple(s for s in dense if s.activation != "silu")
+    if swiglu:
+        sites["swiglu_mlp"] = swiglu
+    if geglu:
+        sites["geglu_mlp"] = geglu
+    if key in MOE:
+        sites["moe_mlp"] = (MOE[key],)
+    opt_in = {}
+    if key in RESIDUAL:
+        sites["residual_norm"] = RESIDUAL[key]
+        opt_in["residual_norm"] = RESIDUAL_NORM_OPT_IN
+    return FamilySpec(model_type, sites, opt_in=opt_in, aliases=aliases)
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    f.model_type: f
+    for f in (
+        _family("llama", aliases=("mistral",)),
+        _family("qwen2"),
+        _family("qwen3"),
+        _family("phi3"),
+        _family("lfm2"),
+        _family("gemma"),
+        _family("gemma2"),
+        _family("gemma3_text"),
+        _family("qwen3_moe"),
+        _family("qwen2_moe"),
+        _family("qwen3_next"),
+        # Qwen3.5 reuses qwen3_next's MLP and sparse MoE block classes
+        _family("qwen3_5", sites_from="qwen3_next"),
+        _family("qwen3_5_moe", sites_from="qwen3_next"),
+        _family("lfm2_moe"),
+        _family("mixtral"),
+        _family("gpt_oss"),
+        _family("olmoe"),
+        _family("granitemoe"),
+        _family("deepseek_v3"),
+        _family("glm4_moe"),
+        _family("minimax"),
+    )
+}
+
+
+def detect_model_type(model: object) -> str | None:
+    """The model's mlx-lm architecture name, after mlx-lm's remapping; None when the model declares none."""
+    model_type = getattr(model, "model_type", None)
+    if not isinstance(model_type, str):
+        model_type = getattr(getattr(model, "args", None), "model_type", None)
+    if not isinstance(model_type, str):
+        return None
+    from mlx_lm.utils import MODEL_REMAPPING
+
+    return MODEL_REMAPPING.get(model_type, model_type)
+
+
+def supported_model_types() -> list[str]:
+    names = set(FAMILIES)
+    for f in FAMILIES.values():
+        names.update(f.aliases)
+    return sorted(names)

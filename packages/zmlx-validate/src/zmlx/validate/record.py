@@ -1,0 +1,116 @@
+"""The result records zmlx writes: msgspec Structs, tagged and versioned.
+
+Rules (msgspec schema evolution): every record type derives from :class:`Base`; a top-level record carries a
+``schema`` tag whose string includes the version (``"zmlx.validate/1"``); new fields are only ever added with
+defaults, so files written by newer versions stay readable by older readers (unknown fields are ignored).
+``zmlx-bench`` capsules embed :class:`Fidelity` and :class:`SideResult` from here, so one definition of a
+run's numbers serves both tools.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+
+class Base(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=False):
+    """Base of every zmlx record.
+
+    - ``kw_only``: fields are named at construction, so adding a field never shifts positions.
+    - ``frozen``: a record is a measurement; it is built once and never edited.
+    - unknown fields are accepted on decode (no ``forbid_unknown_fields``): older readers skip what newer
+      writers add.
+    """
+
+
+class RunStats(Base):
+    """One greedy generation run of one side (baseline or patched)."""
+
+    prompt_tokens: int
+    generated_tokens: int
+    prefill_tps: float
+    decode_tps: float
+    ttft_s: float
+    token_latency_ms_p50: float
+    token_latency_ms_p90: float
+    token_latency_ms_p99: float
+    peak_memory_gb: float
+
+
+class SideResult(Base):
+    """Raw per-run numbers of one side, in run order, plus their medians."""
+
+    runs: list[RunStats]
+    prefill_tps: list[float]
+    decode_tps: list[float]
+    ttft_s: list[float]
+    peak_memory_gb: float
+    median_prefill_tps: float
+    median_decode_tps: float
+
+
+class Divergence(Base):
+    """Where a patched run first left the baseline's tokens, and how close the call was."""
+
+    run: int
+    position: int
+    baseline_token: int
+    patched_token: int
+    baseline_margin: float  # top-1 minus top-2 logprob of the baseline at that step
+    patched_margin: float
+
+
+class RunMatch(Base):
+    matched: int
+    total: int
+
+
+class Fidelity(Base):
+    verdict: str  # "PASS" | "FAIL"
+    runs: list[RunMatch]
+    first_divergence: Divergence | None = None
+
+
+class ValidationRecord(Base, tag_field="schema", tag="zmlx.validate/1"):
+    """What ``zmlx-validate --json`` writes."""
+
+    model: str
+    model_type: str
+    patterns: list[str]
+    counts: dict[str, int]
+    max_tokens: int
+    runs: int
+    warmup_runs: int
+    seed: int
+    max_fused_tokens: int
+    prompt: str
+    fidelity: Fidelity
+    baseline: SideResult
+    patched: SideResult
+    decode_speedup: float
+    prefill_speedup: float
+    backend: str
+    device: str
+    zmlx_version: str
+    mlx_version: str
+    mlx_lm_version: str
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: msgspec.Struct) -> None:
+    """Write ``obj`` as indented JSON so that ``path`` is either the old file or the whole new one."""
+    path = Path(path)
+    data = msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
