@@ -3,11 +3,10 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import requires_gpu
 from zmlx.kernels import catalogue
 from zmlx.kernels.backend import poison_outputs
 
-pytestmark = [pytest.mark.gpu, requires_gpu]
+pytestmark = pytest.mark.gpu
 
 CASES = [c for op in catalogue.ops() for c in op.check_cases(seed=1234)]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from zmlx.validate.record import Base, Fidelity, SideResult, write_json_atomic
@@ -32,61 +32,82 @@ __all__ = [
 ]
 
 
+def _doc(text: str) -> msgspec.Meta:
+    """A field description, published in the JSON Schema (``zmlx-bench schema``)."""
+    return msgspec.Meta(description=text)
+
+
 class Environment(Base, kw_only=True):
     """Where the numbers were measured. ``None`` means "could not be determined here", never a guess."""
 
-    os: str  # platform.system(): "Darwin" | "Linux" | ...
-    os_version: str  # macOS product version or Linux kernel release
-    arch: str  # "arm64" | "x86_64" | ...
-    backend: str  # "metal" | "cuda" | "cpu": where the default device's ops run
-    device: str  # GPU or chip name
-    driver: str | None = None  # NVIDIA driver version (CUDA); None on Metal/CPU (os_version covers macOS)
-    device_memory_gb: float | None = None  # memory the device can address (unified memory on Apple silicon)
+    os: Annotated[str, _doc('platform.system(): "Darwin" | "Linux" | ...')]
+    os_version: Annotated[str, _doc("macOS product version or Linux kernel release")]
+    arch: Annotated[str, _doc('"arm64" | "x86_64" | ...')]
+    backend: Annotated[str, _doc("metal | cuda | cpu: where ops on the default device run")]
+    device: Annotated[str, _doc("GPU or chip name")]
+    driver: Annotated[
+        str | None, _doc("NVIDIA driver version (CUDA); None on Metal/CPU (os_version covers macOS)")
+    ] = None
+    device_memory_gb: Annotated[
+        float | None, _doc("memory the device can address (unified memory on Apple silicon)")
+    ] = None
     system_memory_gb: float | None = None
     python: str
     mlx: str
     mlx_lm: str | None = None
-    mlx_builds: dict[str, str] = {}  # mlx's backend wheels: mlx-metal, mlx-cuda-13, mlx-cpu -> version
-    packages: dict[str, str]  # every installed zmlx distribution -> version
-    git_commit: str | None = None  # of the zmlx checkout, None outside a git checkout
-    git_dirty: bool | None = None  # uncommitted changes to tracked files
+    mlx_builds: Annotated[
+        dict[str, str], _doc("mlx's backend wheels: mlx-metal, mlx-cuda-13, mlx-cpu -> version")
+    ] = {}
+    packages: Annotated[dict[str, str], _doc("every installed zmlx distribution -> version")]
+    git_commit: Annotated[str | None, _doc("of the zmlx checkout, None outside a git checkout")] = None
+    git_dirty: Annotated[bool | None, _doc("uncommitted changes to tracked files")] = None
 
 
 class Methodology(Base, kw_only=True):
     """How the numbers were measured: enough to run the same measurement again."""
 
     prompt_tokens: int
-    max_tokens: int  # tokens generated per run (greedy; EOS does not stop a benchmark run)
-    warmup_runs: int  # per side, not measured
-    runs: int  # measured runs per side
-    order: str = "interleaved"  # baseline and patched runs alternate, so drift hits both sides alike
+    max_tokens: Annotated[int, _doc("tokens generated per run (greedy; EOS does not stop a benchmark run)")]
+    warmup_runs: Annotated[int, _doc("per side, not measured")]
+    runs: Annotated[int, _doc("measured runs per side")]
+    order: Annotated[
+        str, _doc("baseline and patched runs alternate, so drift hits both sides alike")
+    ] = "interleaved"
     decoding: str = "greedy"
     seed: int
-    max_fused_tokens: int  # the patch's sequence-length guard: fused path for M <= this
-    patterns: list[str] | None = None  # --patterns as given (None: the patch's defaults for each family)
+    max_fused_tokens: Annotated[int, _doc("the patch's sequence-length guard: fused path for M <= this")]
+    patterns: Annotated[
+        list[str] | None, _doc("--patterns as given (None: the patch's defaults for each family)")
+    ] = None
     exclude: list[str] = []
-    prompt: str  # how the prompt was made (deterministic; see zmlx.bench.run.synth_prompt_ids)
+    prompt: Annotated[
+        str, _doc("how the prompt was made (deterministic; see zmlx.bench.run.synth_prompt_ids)")
+    ]
     bootstrap_resamples: int
-    command: list[str]  # argv of the run
+    command: Annotated[list[str], _doc("argv of the run")]
 
 
 class Summary(Base, kw_only=True):
     """Headline numbers of one model. Speedups are patched / baseline (> 1.0 means faster)."""
 
-    decode_speedup: float  # median patched decode tok/s / median baseline decode tok/s
+    decode_speedup: Annotated[float, _doc("median patched decode tok/s / median baseline decode tok/s")]
     prefill_speedup: float
-    decode_speedup_ci95: tuple[float, float]  # percentile bootstrap of the ratio of medians
-    excludes_one: bool  # the interval lies wholly above or below 1.0: a change outside run-to-run noise
-    decode_ms_per_token_saved: float  # 1000/baseline - 1000/patched (medians); negative when slower
-    peak_memory_change_gb: float  # patched - baseline
+    decode_speedup_ci95: Annotated[tuple[float, float], _doc("percentile bootstrap of the ratio of medians")]
+    excludes_one: Annotated[
+        bool, _doc("the interval lies wholly above or below 1.0: a change outside run-to-run noise")
+    ]
+    decode_ms_per_token_saved: Annotated[
+        float, _doc("1000/baseline - 1000/patched (medians); negative when slower")
+    ]
+    peak_memory_change_gb: Annotated[float, _doc("patched - baseline")]
 
 
 class ModelResult(Base, kw_only=True):
-    model: str  # the spec as given on the command line (hub id, path or synthetic:NAME)
-    name: str  # what the loader resolved it to
+    model: Annotated[str, _doc("the spec as given on the command line (hub id, path or synthetic:NAME)")]
+    name: Annotated[str, _doc("what the loader resolved it to")]
     model_type: str = ""
-    patterns: list[str]  # patterns the patch applied
-    counts: dict[str, int]  # pattern -> modules patched
+    patterns: Annotated[list[str], _doc("patterns the patch applied")]
+    counts: Annotated[dict[str, int], _doc("pattern -> modules patched")]
     fidelity: Fidelity
     baseline: SideResult
     patched: SideResult
@@ -98,14 +119,14 @@ class KernelTiming(Base, kw_only=True):
     """One op at one shape: median wall time per call, each call evaluated and synchronised on its own."""
 
     op: str
-    case: str  # which model's shape it mirrors, e.g. "qwen3-30b-a3b"
-    tokens: int  # M: 1 is decode, 512 prefill
-    shapes: list[list[int]]  # input shapes
+    case: Annotated[str, _doc("the model whose shapes it mirrors, e.g. qwen3-30b-a3b")]
+    tokens: Annotated[int, _doc("M: 1 is decode, 512 prefill")]
+    shapes: Annotated[list[list[int]], _doc("input shapes")]
     dtype: str
     reference_us: float
-    fused_us: float | None = None  # None where no GPU kernel can run (CPU backend)
-    speedup: float | None = None  # reference_us / fused_us
-    identical: bool | None = None  # fused output bit-identical to the reference
+    fused_us: Annotated[float | None, _doc("None where no GPU kernel can run (CPU backend)")] = None
+    speedup: Annotated[float | None, _doc("reference_us / fused_us")] = None
+    identical: Annotated[bool | None, _doc("fused output bit-identical to the reference")] = None
 
 
 class KernelBench(Base, kw_only=True):
@@ -120,9 +141,9 @@ class KernelBench(Base, kw_only=True):
 class Capsule(Base, kw_only=True, tag_field="schema", tag=SCHEMA_TAG):
     """A repro capsule: what ``zmlx-bench run`` writes (and ``zmlx-bench kernels --out``)."""
 
-    created_utc: str  # ISO 8601, seconds
+    created_utc: Annotated[str, _doc("ISO 8601, seconds")]
     environment: Environment
-    methodology: Methodology | None = None  # None in a kernels-only capsule
+    methodology: Annotated[Methodology | None, _doc("None in a kernels-only capsule")] = None
     results: list[ModelResult] = []
     kernels: KernelBench | None = None
     note: str = ""

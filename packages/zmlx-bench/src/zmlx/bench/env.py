@@ -109,7 +109,7 @@ def _backend() -> str:
 
 
 def collect_environment(repo_dir: str | os.PathLike[str] | None = None) -> Environment:
-    """Probe this machine. ``repo_dir`` is where git looks for the commit (default: this source file's checkout)."""
+    """Probe this machine. ``repo_dir`` is where git looks for the commit (default: this file's checkout)."""
     system = platform.system()
     backend = _backend()
     info = _device_info()

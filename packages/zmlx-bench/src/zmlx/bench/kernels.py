@@ -1,5 +1,5 @@
-"""``zmlx-bench kernels``: each zmlx.kernels op, fused kernel against its pure-MLX reference, at decode (M=1) and
-prefill (M=512) shapes of the models zmlx patches, on the default device.
+"""``zmlx-bench kernels``: each zmlx.kernels op, fused kernel against its pure-MLX reference, at decode
+(M=1) and prefill (M=512) shapes of the models zmlx patches, on the default device.
 
 Each call is evaluated and synchronised on its own, so a time includes launch and sync latency: at M=1 that is
 what a decode step pays per op. On a machine without a GPU backend no kernel can run (the public op *is* the
@@ -89,18 +89,19 @@ CASES: tuple[Case, ...] = (
 )
 
 
-def _time_us(fn: Callable[[], Any], *, repeats: int, iterations: int) -> float:
+def _time_us(fn: Callable[..., Any], args: list[Any], kw: dict[str, Any], *, repeats: int,
+             iterations: int) -> float:
     """Median over ``repeats`` of the mean wall time of ``iterations`` calls, each evaluated on its own."""
     import mlx.core as mx
 
     for _ in range(3):
-        mx.eval(fn())
+        mx.eval(fn(*args, **kw))
     mx.synchronize()
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for _ in range(iterations):
-            mx.eval(fn())
+            mx.eval(fn(*args, **kw))
         mx.synchronize()
         samples.append((time.perf_counter() - t0) / iterations * 1e6)
     return stats.median(samples)
@@ -117,10 +118,9 @@ def _identical(a: Any, b: Any) -> bool:
     )
 
 
-def _resolve(case: Case) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+def _resolve(kernels: Any, case: Case) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
     """(public op, reference) or None where this zmlx.kernels does not have the op."""
     try:
-        kernels = import_module("zmlx.kernels")
         ops_mod = import_module(f"zmlx.kernels.ops.{case.module}")
     except ImportError:
         return None
@@ -147,10 +147,17 @@ def run_kernel_bench(
     notes = [] if gpu else [
         f"no GPU backend ({env.backend}): zmlx kernels cannot run here; reference timings only"]
     results: list[KernelTiming] = []
+    try:
+        kernels = import_module("zmlx.kernels")
+    except ImportError as e:
+        notes.append(f"zmlx.kernels does not import: {type(e).__name__}: {e}")
+        say(notes[-1])
+        return KernelBench(backend=env.backend, device=env.device, repeats=repeats, iterations=iterations,
+                           note="; ".join(notes), results=[])
     for case in CASES:
         if ops is not None and case.op not in ops:
             continue
-        fns = _resolve(case)
+        fns = _resolve(kernels, case)
         if fns is None:
             notes.append(f"{case.op}: not in this zmlx.kernels, skipped")
             say(notes[-1])
@@ -162,9 +169,9 @@ def run_kernel_bench(
                                                                     if isinstance(v, mx.array)])
             fused_us = identical = None
             try:
-                ref_us = _time_us(lambda: ref(*args, **kw), repeats=repeats, iterations=iterations)
+                ref_us = _time_us(ref, args, kw, repeats=repeats, iterations=iterations)
                 if gpu:
-                    fused_us = _time_us(lambda: op(*args, **kw), repeats=repeats, iterations=iterations)
+                    fused_us = _time_us(op, args, kw, repeats=repeats, iterations=iterations)
                     identical = _identical(op(*args, **kw), ref(*args, **kw))
             except (TypeError, ValueError, RuntimeError) as e:  # an op whose signature or limits moved on
                 notes.append(f"{case.op} M={m}: {type(e).__name__}: {e}")

@@ -1,9 +1,9 @@
 """Small, dependency-free statistics for benchmark runs: medians, percentiles and a seeded bootstrap.
 
-Runs per side are few (3-15), so the headline is a ratio of medians and its uncertainty comes from a percentile
-bootstrap: resample each side's runs with replacement (independently: a two-sample bootstrap, which does not rely
-on the interleaved runs being paired), take the ratio of the resampled medians, and read the 2.5th and 97.5th
-percentiles of those ratios. The same seed gives the same interval on every machine.
+Runs per side are few (3-15), so the headline is a ratio of medians and its uncertainty comes from a
+percentile bootstrap: resample each side's runs with replacement (each side on its own: a two-sample bootstrap,
+which does not rely on the interleaved runs being paired), take the ratio of the resampled medians, and read the
+2.5th and 97.5th percentiles of those ratios. The same seed gives the same interval on every machine.
 """
 
 from __future__ import annotations

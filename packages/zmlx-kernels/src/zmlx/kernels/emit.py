@@ -118,12 +118,25 @@ _METAL_ATTRS = (
 
 def _ctype(ctype: str, templates: dict[str, str | int | bool], table: dict[str, str]) -> str:
     """Resolve a Param ctype: a template dtype name (``T``) to its example type, else the type itself."""
+    if _array_typed(ctype, templates):
+        return "float"
     value = templates.get(ctype, ctype)
     return table.get(str(value), str(value))
 
 
+_C_TYPES = {"float", "int", "uint", "bool", "int32_t", "uint32_t", "int64_t", "uint8_t", "half", "bfloat16_t"}
+
+
+def _array_typed(ctype: str, tmpl: dict[str, str | int | bool]) -> bool:
+    # A ctype that is neither a template nor a C type names "the dtype of the array passed in" (MLX generates the
+    # pointer type from the input); emit it with the example type float.
+    return ctype not in tmpl and ctype not in _C_TYPES and ctype not in _METAL_TYPES
+
+
 def _metal_param_type(ctype: str, tmpl: dict[str, str | int | bool], table: dict[str, str]) -> str:
     # Metal keeps template type parameters (T) symbolic in the signature.
+    if _array_typed(ctype, tmpl):
+        return "float"
     return ctype if ctype in tmpl else table.get(ctype, ctype)
 
 

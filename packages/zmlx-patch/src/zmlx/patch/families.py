@@ -3,7 +3,7 @@
 Every entry names the exact mlx-lm class it describes (``module:Class``); a pattern only swaps an instance whose
 class is exactly that one, so a family's math is never guessed from names. The MoE rows follow mlx-lm 0.32's block
 code line for line (router, gating op and flags, experts, shared expert, combine rounding); the gating ops and
-their flags come from the family -> call table in ``zmlx.kernels.ops.routing``.
+their flags follow the family -> call table in ``zmlx.kernels.ops.routing``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ class Attr:
 
 
 @dataclass(frozen=True)
+class XDtype:
+    """Stands for the block input's dtype (``out_dtype=x.dtype`` in the routing call)."""
+
+
+@dataclass(frozen=True)
 class DenseSite:
     """A gated MLP: ``down(act(gate(x)) * up(x))``."""
 
@@ -37,7 +42,7 @@ class Gating:
     """One ``zmlx.kernels`` routing call: ``getattr(zk, op)(logits, **args)`` -> ``(indices, weights)``."""
 
     op: Literal["softmax_topk", "topk_softmax", "sigmoid_topk", "grouped_sigmoid_topk"]
-    args: tuple[tuple[str, Attr | bool | float | int | str | None], ...]
+    args: tuple[tuple[str, Attr | XDtype | bool | float | int | str | None], ...]
 
 
 # How a block turns x into router logits, exactly as its own code does.
@@ -59,8 +64,8 @@ class MoeSite:
     gating: Gating
     experts: str = "switch_mlp"
     shared: Shared = "none"
-    # the block ends its combine with ``.astype(y.dtype)`` (weights may be float32: accumulate there, then cast)
-    cast_combine: bool = False
+    # the block's combine ends with ``.astype(y.dtype)``: zk.moe_combine(..., fp32=True)
+    combine_fp32: bool = False
     # the block routes ``x.reshape(-1, D)`` and reshapes the result back (olmoe)
     flatten_tokens: bool = False
 
@@ -101,80 +106,80 @@ def swiglu(model: str, cls: str = "MLP", layout: Layout = "gate_up_down") -> Den
 
 
 K = Attr  # readability in the table below
+X_DTYPE = XDtype()
+_GROUPED = (("k", K("gate.top_k")), ("bias", K("gate.e_score_correction_bias")), ("n_group", K("gate.n_group")),
+            ("topk_group", K("gate.topk_group")), ("renormalize", K("gate.norm_topk_prob")),
+            ("scale", K("gate.routed_scaling_factor")))
 
-# --- MoE gating, one row per family (mlx-lm 0.32 block code) ------------------------------------------------
-# argpartition orientation matters for token identity: it fixes the order of the k experts and hence the order
-# of the combine sum. "high" = argpartition(s, kth=-k)[..., -k:], "low" = argpartition(-s, kth=k-1)[..., :k].
+# --- MoE gating, one row per family (mlx-lm 0.32 block code; calls per zmlx.kernels.ops.routing's table) ------
+# neg_select: the block selects with argpartition(-s, kth=k-1)[..., :k] rather than argpartition(s, kth=-k)[-k:];
+# the two break ties and order the k experts differently, and that order is the order of the combine sum.
+# combine_fp32: the block's combine ends with .astype(y.dtype) (float32 weights accumulate in float32, then cast).
 MOE: dict[str, MoeSite] = {
-    # softmax(precise) -> top-k (high) -> optional renorm; combine cast back to y.dtype
+    # softmax(precise) -> top-k -> renorm if norm_topk_prob; combine cast back to y.dtype
     "qwen3_moe": MoeSite(
         _m("qwen3_moe", "Qwen3MoeSparseMoeBlock"), "gate", "linear",
-        Gating("softmax_topk", (("k", K("top_k")), ("renormalize", K("norm_topk_prob")), ("order", "high"))),
-        cast_combine=True,
+        Gating("softmax_topk", (("k", K("top_k")), ("renormalize", K("norm_topk_prob")))),
+        combine_fp32=True,
     ),
-    # softmax(precise) -> top-k (low), no renorm; sigmoid-gated shared expert
+    # softmax(precise) -> top-k (neg), no renorm; sigmoid-gated shared expert
     "qwen2_moe": MoeSite(
         _m("qwen2_moe", "Qwen2MoeSparseMoeBlock"), "gate", "linear",
-        Gating("softmax_topk", (("k", K("top_k")), ("renormalize", False), ("order", "low"))),
+        Gating("softmax_topk", (("k", K("top_k")), ("renormalize", False), ("neg_select", True))),
         shared="sigmoid_gated",
     ),
-    # as qwen3_moe (renorm by norm_topk_prob) + sigmoid-gated shared expert; also qwen3_5(_moe)
+    # as qwen3_moe without the combine cast, + sigmoid-gated shared expert; also qwen3_5 / qwen3_5_moe
     "qwen3_next": MoeSite(
         _m("qwen3_next", "Qwen3NextSparseMoeBlock"), "gate", "linear",
-        Gating("softmax_topk", (("k", K("top_k")), ("renormalize", K("norm_topk_prob")), ("order", "high"))),
+        Gating("softmax_topk", (("k", K("top_k")), ("renormalize", K("norm_topk_prob")))),
         shared="sigmoid_gated",
     ),
-    # softmax(precise) over flattened tokens -> top-k (low) -> optional renorm
+    # softmax(precise) over flattened tokens -> top-k (neg) -> renorm if norm_topk_prob
     "olmoe": MoeSite(
         _m("olmoe", "OlmoeSparseMoeBlock"), "gate", "linear",
-        Gating("softmax_topk", (("k", K("top_k")), ("renormalize", K("norm_topk_prob")), ("order", "low"))),
+        Gating("softmax_topk", (("k", K("top_k")), ("renormalize", K("norm_topk_prob")), ("neg_select", True))),
         flatten_tokens=True,
     ),
-    # top-k on logits (low) -> softmax(precise) over the k
+    # top-k on logits (neg) -> softmax(precise) over the k
     "mixtral": MoeSite(
         _m("mixtral", "MixtralSparseMoeBlock"), "gate", "linear",
-        Gating("topk_softmax", (("k", K("num_experts_per_tok")), ("order", "low"), ("fp32", False))),
+        Gating("topk_softmax", (("k", K("num_experts_per_tok")), ("neg_select", True))),
     ),
-    # top-k on logits (high) -> softmax(precise) over the k; router has a bias; experts are SwitchGLU(SwigluOAI)
+    # top-k on logits -> softmax(precise) over the k; router has a bias; experts SwitchGLU(SwigluOAI, bias)
     "gpt_oss": MoeSite(
         _m("gpt_oss", "MLPBlock"), "router", "linear",
-        Gating("topk_softmax", (("k", K("num_experts_per_tok")), ("order", "high"), ("fp32", False))),
+        Gating("topk_softmax", (("k", K("num_experts_per_tok")),)),
         experts="experts",
     ),
-    # top-k on logits (high) -> softmax over the k in float32; combine in float32 then cast
+    # top-k on logits -> softmax over the k in float32; combine in float32 then cast
     "granitemoe": MoeSite(
         _m("granitemoe", "GraniteMoeMoE"), "router.layer", "linear",
-        Gating("topk_softmax", (("k", K("router.top_k")), ("order", "high"), ("fp32", True))),
-        cast_combine=True,
+        Gating("topk_softmax", (("k", K("router.top_k")), ("fp32", True))),
+        combine_fp32=True,
     ),
-    # sigmoid(logits); select on float32(sig) + expert_bias (high); weights = sig, renorm /(sum+1e-6), x rsf, cast
+    # sigmoid; select on float32(sig) + expert_bias (if use_expert_bias); weights = sig, /(sum+1e-6), x rsf, cast
     "lfm2_moe": MoeSite(
         _m("lfm2_moe", "Lfm2MoeSparseMoeBlock"), "gate", "linear",
         Gating("sigmoid_topk", (("k", K("top_k")), ("bias", K("expert_bias")), ("renormalize", K("norm_topk_prob")),
-                                ("eps", 1e-6), ("scale", K("routed_scaling_factor")), ("family", "lfm2_moe"))),
+                                ("eps", 1e-6), ("scale", K("routed_scaling_factor")), ("out_dtype", X_DTYPE))),
     ),
-    # sigmoid(float32 logits) + e_score_correction_bias select (low); renorm /(sum+1e-20); cast to x.dtype
+    # sigmoid(float32 logits) + e_score_correction_bias select (neg); /(sum+1e-20); cast to x.dtype
     "minimax": MoeSite(
         _m("minimax", "MiniMaxSparseMoeBlock"), "gate", "linear_fp32",
         Gating("sigmoid_topk", (("k", K("num_experts_per_tok")), ("bias", K("e_score_correction_bias")),
-                                ("renormalize", True), ("eps", 1e-20), ("scale", 1.0), ("family", "minimax"))),
+                                ("renormalize", True), ("eps", 1e-20), ("neg_select", True),
+                                ("out_dtype", X_DTYPE))),
     ),
-    # noaux_tc: sigmoid(float32) + bias, group top-2 sums, drop the worst groups, top-k (low), renorm, x rsf
+    # noaux_tc: sigmoid(float32) + bias, group top-2 sums, drop the worst groups, top-k, renorm, x rsf (float32)
     "deepseek_v3": MoeSite(
         _m("deepseek_v3", "DeepseekV3MoE"), "gate", "weight",
-        Gating("grouped_sigmoid_topk", (("k", K("gate.top_k")), ("bias", K("gate.e_score_correction_bias")),
-                                        ("n_group", K("gate.n_group")), ("topk_group", K("gate.topk_group")),
-                                        ("renormalize", K("gate.norm_topk_prob")),
-                                        ("scale", K("gate.routed_scaling_factor")))),
-        shared="plain", cast_combine=True,
+        Gating("grouped_sigmoid_topk", _GROUPED),
+        shared="plain", combine_fp32=True,
     ),
     "glm4_moe": MoeSite(
         _m("glm4_moe", "MoE"), "gate", "weight",
-        Gating("grouped_sigmoid_topk", (("k", K("gate.top_k")), ("bias", K("gate.e_score_correction_bias")),
-                                        ("n_group", K("gate.n_group")), ("topk_group", K("gate.topk_group")),
-                                        ("renormalize", K("gate.norm_topk_prob")),
-                                        ("scale", K("gate.routed_scaling_factor")))),
-        shared="plain", cast_combine=True,
+        Gating("grouped_sigmoid_topk", _GROUPED),
+        shared="plain", combine_fp32=True,
     ),
 }
 

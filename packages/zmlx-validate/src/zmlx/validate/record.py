@@ -61,6 +61,9 @@ class Divergence(Base):
     patched_token: int
     baseline_margin: float  # top-1 minus top-2 logprob of the baseline at that step
     patched_margin: float
+    # False when re-running both sides to read the margins did not give the same two tokens again
+    # (the divergence is then not deterministic).
+    reproduced: bool = True
 
 
 class RunMatch(Base):
@@ -70,8 +73,20 @@ class RunMatch(Base):
 
 class Fidelity(Base):
     verdict: str  # "PASS" | "FAIL"
-    runs: list[RunMatch]
+    runs: list[RunMatch]  # patched run i against baseline run 0 (matched = common prefix length)
     first_divergence: Divergence | None = None
+    # baseline run i against baseline run 0: a baseline that disagrees with itself is a FAIL of the harness
+    baseline_runs: list[RunMatch] = msgspec.field(default_factory=list)
+
+
+class Bisection(Base):
+    """What ``--bisect`` found: the first pattern, then the first layer, that alone breaks fidelity."""
+
+    pattern: str | None = None  # None: no single pattern diverges on its own
+    layer: int | None = None  # None: no single layer diverges on its own (with `pattern`, or all patterns)
+    modules: list[str] = msgspec.field(default_factory=list)  # patched module paths in that layer
+    position: int | None = None  # first divergent token of the narrowest failing configuration
+    note: str = ""
 
 
 class ValidationRecord(Base, tag_field="schema", tag="zmlx.validate/1"):
@@ -97,6 +112,7 @@ class ValidationRecord(Base, tag_field="schema", tag="zmlx.validate/1"):
     zmlx_version: str
     mlx_version: str
     mlx_lm_version: str
+    bisect: Bisection | None = None
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: msgspec.Struct) -> None:

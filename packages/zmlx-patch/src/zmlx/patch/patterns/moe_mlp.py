@@ -12,10 +12,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.nn.layers.distributed import sum_gradients
 from mlx_lm.models.switch_layers import SwitchGLU
-
 from zmlx import kernels as zk
 
-from ..families import Attr, MoeSite
+from ..families import Attr, MoeSite, XDtype
 from ._structure import lookup, missing_modules
 
 SUMMARY = "sparse MoE block: gating (zk routing op per family) and expert combine (zk.moe_combine) fused"
@@ -54,9 +53,11 @@ def _logits(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
     return router(x.astype(mx.float32) if site.logits == "linear_fp32" else x)
 
 
-def _route(self: nn.Module, site: MoeSite, logits: mx.array) -> tuple[mx.array, mx.array]:
-    kwargs = {name: (lookup(self, v.path) if isinstance(v, Attr) else v) for name, v in site.gating.args}
-    return getattr(zk, site.gating.op)(logits, **kwargs)
+def _route(self: nn.Module, site: MoeSite, x: mx.array) -> tuple[mx.array, mx.array]:
+    kwargs = {}
+    for name, v in site.gating.args:
+        kwargs[name] = lookup(self, v.path) if isinstance(v, Attr) else x.dtype if isinstance(v, XDtype) else v
+    return getattr(zk, site.gating.op)(_logits(self, site, x), **kwargs)
 
 
 def fused(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
@@ -67,10 +68,9 @@ def fused(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
     if site.flatten_tokens:  # olmoe routes the flattened tokens and reshapes back
         x = x.reshape(-1, shape[-1])
 
-    inds, scores = _route(self, site, _logits(self, site, x))
-    inds = mx.stop_gradient(inds)
-    y = getattr(self, site.experts)(x, inds)
-    y = _combine(y, scores, cast=site.cast_combine)
+    inds, scores = _route(self, site, x)
+    y = getattr(self, site.experts)(x, mx.stop_gradient(inds))
+    y = zk.moe_combine(y, scores, fp32=site.combine_fp32)
 
     if site.shared == "sigmoid_gated":
         shared = self.shared_expert(x)
@@ -84,13 +84,3 @@ def fused(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
         y = mx.distributed.all_sum(y, group=group)
     return y
 
-
-def _combine(y: mx.array, scores: mx.array, *, cast: bool) -> mx.array:
-    """``(y * scores[..., None]).sum(-2)`` [``.astype(y.dtype)``] exactly as the block writes it.
-
-    The product promotes to the wider dtype: float32 weights on bf16 experts (granitemoe, deepseek_v3, glm4_moe)
-    accumulate in float32 and the block casts back; matching dtypes stay in the expert dtype.
-    """
-    wide = mx.promote_types(y.dtype, scores.dtype)
-    out = zk.moe_combine(y, scores, fp32=wide == mx.float32 and y.dtype != mx.float32)
-    return out.astype(y.dtype) if cast else out

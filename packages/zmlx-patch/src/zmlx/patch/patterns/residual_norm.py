@@ -10,7 +10,6 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-
 from zmlx import kernels as zk
 
 from ..families import ResidualSite

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
-
 from zmlx import kernels as zk
 
 from ..families import DenseSite

@@ -28,11 +28,14 @@ class Gains:
     norm_noise: float = 0.1  # relative noise on norm weights (trained norms are not all ones)
     bias_std: float = 0.02  # absolute std of linear biases
     route_bias_std: float = 0.05  # selection biases (expert_bias, e_score_correction_bias)
+    final_norm_gain: float = 1.0  # the final norm's scale: with tied embeddings it sets the logit scale
+    post_norm_gain: float = 1.0  # `post_*` norms (only gemma2-style blocks normalise what a layer adds)
 
 
 _OUT_PROJ = {"o_proj", "out_proj", "down_proj", "w2", "fc2", "c_proj", "dense"}
 _EMBED = {"embed_tokens", "wte", "embedding", "embeddings"}
 _ROUTE_BIAS = {"expert_bias", "e_score_correction_bias"}
+_FINAL_NORM = {"model.norm.weight", "model.embedding_norm.weight", "model.final_layernorm.weight"}
 
 
 def param_key(seed: int, path: str) -> mx.array:
@@ -79,8 +82,11 @@ def init_value(path: str, default: mx.array, gains: Gains, seed: int, num_expert
     if leaf == "bias":
         return default + normal(gains.bias_std)
     if "norm" in parent or "norm" in leaf or parent.endswith("ln"):
-        # keep the family's own init (ones, or zeros for gemma's 1+w) and vary it a little
-        return default + normal(gains.norm_noise)
+        # Keep the family's own init (ones, or zeros for gemma's `1 + w`) and vary it a little.
+        offset = 1.0 if leaf == "weight" and not mx.any(default).item() else 0.0
+        gain = gains.final_norm_gain if path in _FINAL_NORM else gains.post_norm_gain if parent.startswith("post_") else 1.0
+        effective = (offset + default) * gain
+        return (effective + normal(gains.norm_noise) * abs(gain) - offset).astype(default.dtype)
     return default
 
 

@@ -1,0 +1,156 @@
+"""report / compare / env / kernels on capsules built from known numbers (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import msgspec
+import pytest
+from zmlx.bench.capsule import Environment, load_capsule, save_capsule
+from zmlx.bench.cli import main
+
+
+def _save(tmp_path, name, cap):
+    p = tmp_path / name
+    save_capsule(p, cap)
+    return str(p)
+
+
+def test_report_shows_environment_method_results_and_runs(tmp_path, capsule_factory, capsys):
+    path = _save(tmp_path, "a.json", capsule_factory(speedup=1.10))
+    assert main(["report", path]) == 0
+    out = capsys.readouterr().out
+    for needle in ("NVIDIA H100 80GB HBM3", "driver         580.65", "1 warm-up + 5 measured runs per side, interleaved",
+                   "decode speedup [95% CI]", "faster", "PASS 80/80 tok, 5 runs", "runs of synthetic:b",
+                   "zmlx-bench run synthetic:a synthetic:b", "1.25 / 1.26"):
+        assert needle in out, needle
+
+
+def test_report_names_a_divergence(tmp_path, capsule_factory, capsys):
+    path = _save(tmp_path, "f.json", capsule_factory(fail=True))
+    assert main(["report", path]) == 0
+    assert "FAIL 71/80 tok, 5 runs; first diverges run 1 token 7" in capsys.readouterr().out
+
+
+def test_markdown_accepts_several_capsules_each_named(tmp_path, capsule_factory, capsys):
+    a = _save(tmp_path, "a.json", capsule_factory())
+    b = _save(tmp_path, "b.json", capsule_factory(speedup=0.98, models=("synthetic:c",)))
+    assert main(["report", "--markdown", a, b]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("# Benchmarks\n")
+    assert f"Capsule: `{a}`" in md and f"Capsule: `{b}`" in md
+    assert md.index(f"Capsule: `{a}`") < md.index("| synthetic:a |") < md.index(f"Capsule: `{b}`")
+    assert md.count("\n|---|") == 2
+    assert "| synthetic:c |" in md
+
+
+def test_module_entry_points_match_the_console_script(tmp_path, capsule_factory):
+    path = _save(tmp_path, "a.json", capsule_factory())
+    outs = [subprocess.run([sys.executable, "-m", mod, *pre, path], capture_output=True, text=True, check=True).stdout
+            for mod, pre in (("zmlx.bench.report", []), ("zmlx.bench", ["report"]))]
+    assert outs[0] == outs[1] and "synthetic:a" in outs[0]
+
+
+def test_compare_flags_changes_outside_the_noise(tmp_path, capsule_factory, capsys):
+    a = _save(tmp_path, "a.json", capsule_factory(speedup=1.10, seed=1))
+    same = _save(tmp_path, "same.json", capsule_factory(speedup=1.10, seed=2))
+    worse = _save(tmp_path, "worse.json", capsule_factory(speedup=1.00, seed=3))
+    assert main(["compare", a, same]) == 0
+    out = capsys.readouterr().out
+    assert out.count("within noise (intervals overlap)") == 2
+    assert main(["compare", a, worse]) == 0
+    out = capsys.readouterr().out
+    assert out.count("lower in B") == 2 and "slower" in out
+
+
+def test_compare_without_common_models_is_an_error(tmp_path, capsule_factory, capsys):
+    a = _save(tmp_path, "a.json", capsule_factory(models=("synthetic:a",)))
+    b = _save(tmp_path, "b.json", capsule_factory(models=("synthetic:b",)))
+    assert main(["compare", a, b]) == 2
+    assert "no model" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_is_a_clear_exit_2(tmp_path, capsule_factory, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    path = _save(tmp_path, "a.json", capsule_factory())
+    png = tmp_path / "p.png"
+    assert main(["report", path, "--plot", str(png)]) == 2
+    cap = capsys.readouterr()
+    assert cap.err == "error: --plot needs matplotlib, which is not installed: pip install 'zmlx-bench[plot]'\n"
+    assert cap.out == "" and not png.exists()
+
+
+def test_plot_draws_every_model(tmp_path, capsule_factory):
+    pytest.importorskip("matplotlib")
+    path = _save(tmp_path, "a.json", capsule_factory())
+    png = tmp_path / "p.png"
+    assert main(["report", path, "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_env_prints_the_block_and_json_decodes_as_environment(capsys):
+    assert main(["env"]) == 0
+    text = capsys.readouterr().out
+    assert "backend" in text and "mlx-lm" in text and "zmlx-bench" in text
+    assert main(["env", "--json"]) == 0
+    env = msgspec.json.decode(capsys.readouterr().out, type=Environment)
+    assert env.backend in ("metal", "cuda", "cpu") and env.packages["zmlx-bench"]
+    assert env.python.count(".") == 2
+
+
+def test_kernels_on_cpu_times_references_and_embeds_into_a_capsule(tmp_path, capsule_factory, capsys):
+    from zmlx.kernels.backend import gpu_backend
+
+    path = _save(tmp_path, "a.json", capsule_factory())
+    before = load_capsule(path)
+    rc = main(["kernels", "--ops", "swiglu,add_rms_norm", "--repeats", "1", "--iterations", "1", "--out", path,
+               "--quiet"])
+    assert rc == 0
+    after = load_capsule(path)
+    assert after.results == before.results and after.environment == before.environment
+    k = after.kernels
+    assert {(t.op, t.tokens) for t in k.results} == {(op, m) for op in ("swiglu", "add_rms_norm") for m in (1, 512)}
+    assert all(t.reference_us > 0 for t in k.results)
+    if gpu_backend() is None:
+        assert all(t.fused_us is None and t.identical is None for t in k.results)
+        assert "cannot run here" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["report", path]) == 0
+    assert "add_rms_norm" in capsys.readouterr().out
+    # A new file becomes a kernels-only capsule; a non-capsule file is never overwritten.
+    new = tmp_path / "k.json"
+    assert main(["kernels", "--ops", "swiglu", "--repeats", "1", "--iterations", "1", "--out", str(new), "-q"]) == 0
+    assert load_capsule(new).methodology is None
+    junk = tmp_path / "junk.json"
+    junk.write_text(json.dumps({"hello": 1}))
+    assert main(["kernels", "--ops", "swiglu", "--out", str(junk), "-q"]) == 2
+    assert json.loads(junk.read_text()) == {"hello": 1}
+
+
+def test_run_with_diverging_tokens_writes_the_capsule_and_exits_1(tmp_path, monkeypatch, capsys,
+                                                                  model_result_factory):
+    from types import SimpleNamespace
+
+    import zmlx.validate as validate
+
+    class Tok:
+        def encode(self, text):
+            return [ord(c) for c in text]
+
+    def fake_run(model, tokenizer, **kw):
+        r = model_result_factory("x", [100.0, 101.0, 99.0], [104.0, 103.0, 105.0], fail=True)
+        return SimpleNamespace(fidelity=r.fidelity, baseline=r.baseline, patched=r.patched, counts=r.counts,
+                               patterns=r.patterns)
+
+    monkeypatch.setattr(validate, "load_model", lambda spec, cache_dir=None: (object(), Tok(), spec), raising=False)
+    monkeypatch.setattr(validate, "run_fidelity", fake_run, raising=False)
+    out = tmp_path / "caps"
+    rc = main(["run", "synthetic:a", "--runs", "3", "--patterns", "moe_mlp", "--out", f"{out}/", "-q"])
+    assert rc == 1
+    assert "fidelity FAIL" in capsys.readouterr().err
+    (written,) = out.iterdir()
+    cap = load_capsule(written)
+    assert written.name.endswith("_a.json") and cap.methodology.patterns == ["moe_mlp"]
+    assert cap.results[0].fidelity.verdict == "FAIL"

@@ -1,0 +1,151 @@
+"""``zmlx-bench run``: a real short run on a tiny synthetic model, interruption, prompt synthesis."""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+import zmlx.validate as validate
+from zmlx.bench.capsule import load_capsule
+from zmlx.bench.cli import main
+from zmlx.bench.run import default_capsule_name, synth_prompt_ids
+
+
+class CharTokenizer:
+    """Encodes text one id per character (plus a BOS), like a byte-level tokenizer on plain ASCII."""
+
+    def encode(self, text: str) -> list[int]:
+        return [1] + [ord(c) for c in text]
+
+
+def test_prompt_has_exact_length_and_is_deterministic():
+    tok = CharTokenizer()
+    for n in (1, 31, 33, 512):
+        ids = synth_prompt_ids(tok, n, seed=0)
+        assert len(ids) == n and ids[0] == 1
+        assert ids == synth_prompt_ids(tok, n, seed=0)
+    assert synth_prompt_ids(tok, 123, seed=0) != synth_prompt_ids(tok, 123, seed=1)
+    with pytest.raises(ValueError):
+        synth_prompt_ids(tok, 0)
+
+
+def test_default_capsule_name_says_date_device_and_models():
+    import datetime as dt
+
+    name = default_capsule_name(dt.datetime(2026, 11, 27, tzinfo=dt.UTC), "NVIDIA H100 80GB HBM3",
+                                ["synthetic:qwen3-30b-a3b", "mlx-community/Llama-3-8B-4bit"])
+    assert name == "20261127_nvidia-h100-80gb-hbm3_qwen3-30b-a3b+llama-3-8b-4bit.json"
+
+
+@pytest.fixture(scope="module")
+def tiny_capsule(tmp_path_factory):
+    """One real run on synthetic:qwen3-moe-tiny (CPU), shared by the tests that read it."""
+    root = tmp_path_factory.mktemp("bench-run")
+    out = root / "c.json"
+    rc = main(["run", "synthetic:qwen3-moe-tiny", "--runs", "2", "--max-tokens", "16", "--prompt-tokens", "32",
+               "--out", str(out), "--cache-dir", str(root / "cache"), "--resamples", "300", "--quiet"])
+    return rc, out
+
+
+def test_run_writes_a_capsule_that_report_compare_and_schema_accept(tiny_capsule, capsys, tmp_path):
+    rc, out = tiny_capsule
+    assert rc == 0
+    cap = load_capsule(out)
+    m = cap.methodology
+    assert (m.runs, m.max_tokens, m.prompt_tokens, m.warmup_runs, m.order) == (2, 16, 32, 1, "interleaved")
+    assert m.command[:2] == ["zmlx-bench", "run"]
+    assert cap.environment.backend == "cpu" and cap.environment.mlx
+    (r,) = cap.results
+    assert r.model == "synthetic:qwen3-moe-tiny" and r.model_type == "qwen3_moe"
+    assert r.fidelity.verdict == "PASS"  # on the CPU every op is its reference: tokens must be identical
+    assert len(r.fidelity.runs) == 2 and all(x.matched == x.total == 16 for x in r.fidelity.runs)
+    for side in (r.baseline, r.patched):
+        assert len(side.decode_tps) == len(side.prefill_tps) == len(side.ttft_s) == len(side.runs) == 2
+        assert all(x > 0 for x in side.decode_tps + side.prefill_tps + side.ttft_s)
+        assert all(run.prompt_tokens == 32 and run.generated_tokens == 16 for run in side.runs)
+    lo, hi = r.summary.decode_speedup_ci95
+    assert lo <= r.summary.decode_speedup <= hi or lo <= hi
+    assert r.summary.excludes_one == (lo > 1.0 or hi < 1.0)
+
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "synthetic:qwen3-moe-tiny" in text and "PASS 32/32 tok" in text
+    assert main(["report", "--markdown", str(out), str(out)]) == 0
+    md = capsys.readouterr().out
+    assert md.count(f"Capsule: `{out}`") == 2 and "| synthetic:qwen3-moe-tiny |" in md
+    assert main(["compare", str(out), str(out)]) == 0
+    assert "within noise" in capsys.readouterr().out
+    schema = tmp_path / "schema.json"
+    assert main(["schema", "--out", str(schema)]) == 0
+    assert "Capsule" in json.loads(schema.read_text())["$defs"]
+
+
+def test_python_m_report_is_the_same_report(tiny_capsule, capsys):
+    from zmlx.bench.report import main as report_main
+
+    _, out = tiny_capsule
+    assert main(["report", str(out)]) == 0
+    via_cli = capsys.readouterr().out
+    assert report_main([str(out)]) == 0
+    assert capsys.readouterr().out == via_cli
+
+
+def test_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch, capsys, model_result_factory):
+    """Ctrl-C during the second model: exit 130, no capsule, no temporary file."""
+    calls = []
+
+    def fake_load(spec, *, cache_dir=None):
+        return SimpleNamespace(model_type="qwen3_moe"), CharTokenizer(), spec
+
+    def fake_run(model, tokenizer, **kw):
+        calls.append(kw)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        r = model_result_factory("x", [100.0, 101.0], [110.0, 111.0])
+        return SimpleNamespace(fidelity=r.fidelity, baseline=r.baseline, patched=r.patched,
+                               counts={"moe_mlp": 2}, patterns=["moe_mlp"])
+
+    monkeypatch.setattr(validate, "load_model", fake_load, raising=False)
+    monkeypatch.setattr(validate, "run_fidelity", fake_run, raising=False)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    rc = main(["run", "synthetic:a", "synthetic:b", "--runs", "2", "--prompt-tokens", "8", "--out", str(out_dir)])
+    assert rc == 130
+    assert len(calls) == 2 and len(calls[0]["prompt_ids"]) == 8
+    assert calls[0]["patch_kwargs"] == {"max_fused_tokens": 32}
+    assert list(out_dir.iterdir()) == []
+    assert "interrupted: no capsule written" in capsys.readouterr().err
+
+
+def test_interrupt_while_writing_leaves_no_partial_file(tmp_path, monkeypatch, capsule_factory):
+    from zmlx.bench.capsule import save_capsule
+
+    def boom(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_capsule(tmp_path / "c.json", capsule_factory())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unloadable_model_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    def fake_load(spec, *, cache_dir=None):
+        raise ValueError(f"unknown synthetic model {spec.split(':', 1)[1]!r}")
+
+    monkeypatch.setattr(validate, "load_model", fake_load, raising=False)
+    rc = main(["run", "synthetic:nope", "--out", str(tmp_path / "c.json"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: cannot load model 'synthetic:nope'") and err.count("\n") == 1
+    assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["--runs", "0"], ["--max-tokens", "-3"], ["--prompt-tokens", "x"]])
+def test_bad_numbers_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "synthetic:qwen3-moe-tiny", *argv])
+    assert exc.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err

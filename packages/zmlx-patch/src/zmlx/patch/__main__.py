@@ -1,0 +1,48 @@
+"""``python -m zmlx.patch list``: the support matrix (model_type, patterns, defaults, exclusions and why)."""
+
+from __future__ import annotations
+
+import sys
+
+from .families import MoeSite
+from .patterns import PATTERNS
+from .registry import DEFAULT_PATTERNS, FAMILIES
+
+USAGE = "usage: python -m zmlx.patch list"
+
+
+def support_matrix() -> list[str]:
+    lines = [f"{'model_type':<14} {'default patterns':<24} {'opt-in / excluded':<28} notes"]
+    for name, fam in FAMILIES.items():
+        on = [p for p in DEFAULT_PATTERNS if p in fam.sites and p not in fam.excluded]
+        off = [f"{p} (opt-in)" for p in fam.opt_in] + [f"{p} (excluded)" for p in fam.excluded]
+        notes = []
+        moe = next((s for s in fam.sites.get("moe_mlp", ()) if isinstance(s, MoeSite)), None)
+        if moe is not None:
+            notes.append(f"gating={moe.gating.op}" + (f", shared={moe.shared}" if moe.shared != "none" else ""))
+        if fam.aliases:
+            notes.append(f"also: {', '.join(fam.aliases)}")
+        lines.append(f"{name:<14} {', '.join(on) or '-':<24} {', '.join(off) or '-':<28} {'; '.join(notes)}")
+    reasons = {r for fam in FAMILIES.values() for r in (*fam.opt_in.values(), *fam.excluded.values())}
+    if not any(fam.excluded for fam in FAMILIES.values()):
+        lines.append("")
+        lines.append("excluded for fidelity: none (no measured break yet; exclusions need a failing GPU run)")
+    if reasons:
+        lines.append("")
+        lines.extend(f"why: {r}" for r in sorted(reasons))
+    lines.append("")
+    lines.extend(f"{name:<14} {p.summary}" for name, p in PATTERNS.items())
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["list"]:
+        print(USAGE, file=sys.stderr)
+        return 2
+    print("\n".join(support_matrix()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""patch / unpatch: walk the model, match blocks to their family's sites, swap classes (see _swap)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import mlx.nn as nn
+
+from . import _swap
+from .families import resolve_class
+from .patterns import PATTERNS
+from .registry import DEFAULT_PATTERNS, FAMILIES, FamilySpec, Site, detect_model_type, supported_model_types
+from .registry import PATTERNS as PATTERN_NAMES
+
+PREFIX = "[zmlx.patch]"
+
+
+@dataclass
+class PatchResult:
+    """What ``patch`` did. ``counts`` maps pattern -> modules patched by this call."""
+
+    model_type: str | None
+    patterns: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    # (module path, reason) for every module a pattern matched by class but did not patch
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    # pattern -> reason, for family exclusions / opt-ins that were not applied
+    not_applied: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def list_patterns(model_type: str | None = None) -> list[str]:
+    """All pattern names, or the patterns ``patch`` applies by default to ``model_type``."""
+    if model_type is None:
+        return list(PATTERN_NAMES)
+    family = _family(model_type)
+    return family.default_patterns() if family else []
+
+
+def _family(model_type: str) -> FamilySpec | None:
+    from mlx_lm.utils import MODEL_REMAPPING
+
+    return FAMILIES.get(MODEL_REMAPPING.get(model_type, model_type))
+
+
+def _names(value: str | Iterable[str] | None, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else list(value)
+    unknown = [n for n in names if n not in PATTERNS]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; known patterns: {list(PATTERN_NAMES)}")
+    return names
+
+
+def _select(family: FamilySpec, patterns: list[str] | None, exclude: list[str], result: PatchResult) -> list[str]:
+    if patterns is None:
+        # the global defaults minus the family's exclusions, as the tour prints them
+        chosen = [p for p in DEFAULT_PATTERNS if p not in family.excluded]
+        result.not_applied.update(family.excluded)
+        result.not_applied.update(family.opt_in)
+    else:
+        chosen = list(dict.fromkeys(patterns))
+        for p in chosen:
+            if p in family.excluded:
+                result.warnings.append(
+                    f"{PREFIX} warning: '{p}' is excluded by default for {family.model_type} "
+                    f"({family.excluded[p]}); applying it because patterns= asks for it"
+                )
+    return [p for p in chosen if p not in exclude]
+
+
+def patch(
+    model: nn.Module,
+    patterns: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] = (),
+    max_fused_tokens: int = 32,
+    verbose: bool = True,
+) -> PatchResult:
+    """Swap the model's matching blocks for fused versions; no weights change.
+
+    ``patterns`` overrides the family's defaults (and its exclusions, with a warning); ``exclude`` removes
+    patterns; the fused path runs only when a block sees at most ``max_fused_tokens`` tokens.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"patch() needs an mlx.nn.Module, got {type(model).__name__}")
+    if isinstance(max_fused_tokens, bool) or not isinstance(max_fused_tokens, int) or max_fused_tokens < 0:
+        raise ValueError(f"max_fused_tokens must be an int >= 0, got {max_fused_tokens!r}")
+    wanted = _names(patterns, "patterns")
+    excluded = _names(exclude, "exclude") or []
+
+    model_type = detect_model_type(model)
+    result = PatchResult(model_type=model_type)
+    family = FAMILIES.get(model_type) if model_type else None
+    if family is None:
+        what = f"model_type '{model_type}'" if model_type else "a model without a model_type"
+        result.message = (
+            f"{PREFIX} {what} is not supported; nothing patched. Supported: {', '.join(supported_model_types())}"
+        )
+        if verbose:
+            print(result.message)
+        return result
+
+    result.patterns = _select(family, wanted, excluded, result)
+    by_class: dict[type, tuple[str, Site]] = {}
+    for name in result.patterns:
+        for site in family.sites.get(name, ()):
+            cls = resolve_class(site.block)
+            if cls is not None:
+                by_class.setdefault(cls, (name, site))
+
+    counts: dict[str, int] = {}
+    already = 0
+    for path, module in model.named_modules():
+        if _swap.original_class(module) is not None:
+            already += 1
+            continue
+        hit = by_class.get(type(module))
+        if hit is None:
+            continue
+        name, site = hit
+        pattern = PATTERNS[name]
+        reason = pattern.check(module, site)
+        if reason:
+            result.skipped.append((path, f"{name}: {reason}"))
+            continue
+        _swap.swap(module, _swap.patched_class(type(module), name, max_fused_tokens, site, pattern.fused))
+        counts[name] = counts.get(name, 0) + 1
+
+    result.counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    if already:
+        result.message = f"{PREFIX} {already} modules were already patched (left as they are)"
+    if verbose:
+        _print(result)
+    return result
+
+
+def _print(result: PatchResult) -> None:
+    for line in result.warnings:
+        print(line)
+    print(f"{PREFIX} Applying {len(result.patterns)} patterns: {result.patterns}")
+    if result.total:
+        print(f"Patched {result.total} modules:")
+        for name, n in result.counts.items():
+            print(f"  {name}: {n}")
+    else:
+        print("Patched 0 modules.")
+    if result.message:
+        print(result.message)
+
+
+def unpatch(model: nn.Module) -> int:
+    """Give every patched module its original class back; returns how many were restored."""
+    return sum(_swap.restore(module) for _, module in model.named_modules())

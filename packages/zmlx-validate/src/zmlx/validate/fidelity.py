@@ -1,0 +1,203 @@
+"""Interleaved greedy runs of one loaded model, unpatched (A) and patched (B): A B A B ... after a warm-up.
+
+Drift (thermal, caches, allocator) hits both sides alike because they alternate; ``unpatch`` runs between every
+pair, so each patched run starts from a freshly patched model. Every run's tokens are compared, not just the
+first: patched run i and baseline run i against baseline run 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .generation import GreedyRun, ProgressFn, first_mismatch, greedy_run
+from .record import Divergence, Fidelity, RunMatch, SideResult
+from .stats import median, ratio
+
+PatchFn = Callable[..., Any]  # patch(model, patterns=None, exclude=(), max_fused_tokens=32, verbose=...)
+UnpatchFn = Callable[[Any], Any]
+# progress(description, tokens_done_delta, total_tokens): the CLI turns this into a progress bar
+RunProgress = Callable[[str, int, int], None]
+
+WARMUP_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class PatchInfo:
+    """What ``patch`` reported, read defensively from its PatchResult."""
+
+    model_type: str
+    counts: dict[str, int]
+    patterns: list[str]
+
+    @classmethod
+    def from_result(cls, result: Any, model: Any) -> PatchInfo:
+        counts = {str(k): int(v) for k, v in (getattr(result, "counts", None) or {}).items()}
+        patterns = None
+        for attr in ("patterns", "applied", "patterns_applied"):
+            value = getattr(result, attr, None)
+            if value:
+                patterns = [str(p) for p in value]
+                break
+        if patterns is None:
+            patterns = [k for k, v in counts.items() if v > 0]
+        model_type = getattr(result, "model_type", None) or getattr(model, "model_type", "unknown")
+        return cls(model_type=str(model_type), counts=counts, patterns=patterns)
+
+
+@dataclass(frozen=True)
+class FidelityResult:
+    fidelity: Fidelity
+    baseline: SideResult
+    patched: SideResult
+    patch: PatchInfo
+    baseline_tokens: list[list[int]] = field(repr=False)
+    patched_tokens: list[list[int]] = field(repr=False)
+
+    @property
+    def decode_speedup(self) -> float:
+        return ratio(self.patched.median_decode_tps, self.baseline.median_decode_tps)
+
+    @property
+    def prefill_speedup(self) -> float:
+        return ratio(self.patched.median_prefill_tps, self.baseline.median_prefill_tps)
+
+
+def default_patch_fns() -> tuple[PatchFn, UnpatchFn]:
+    from zmlx.patch import patch, unpatch
+
+    return patch, unpatch
+
+
+def side_result(runs: Sequence[GreedyRun]) -> SideResult:
+    stats = [r.stats() for r in runs]
+    prefill = [s.prefill_tps for s in stats]
+    decode = [s.decode_tps for s in stats]
+    return SideResult(
+        runs=stats,
+        prefill_tps=prefill,
+        decode_tps=decode,
+        ttft_s=[s.ttft_s for s in stats],
+        peak_memory_gb=max((s.peak_memory_gb for s in stats), default=0.0),
+        median_prefill_tps=median(prefill) if prefill else 0.0,
+        median_decode_tps=median(decode) if decode else 0.0,
+    )
+
+
+def _match(reference: Sequence[int], tokens: Sequence[int]) -> RunMatch:
+    pos = first_mismatch(reference, tokens)
+    return RunMatch(matched=len(reference) if pos is None else pos, total=len(reference))
+
+
+class _Sides:
+    """Switches one model between its unpatched and patched state."""
+
+    def __init__(self, model: Any, patch_fn: PatchFn, unpatch_fn: UnpatchFn, patch_kwargs: dict[str, Any]):
+        self.model, self.patch_fn, self.unpatch_fn = model, patch_fn, unpatch_fn
+        self.kwargs = {"verbose": False, **patch_kwargs}
+
+    def patch(self, **overrides: Any) -> Any:
+        return self.patch_fn(self.model, **{**self.kwargs, **overrides})
+
+    def unpatch(self) -> None:
+        self.unpatch_fn(self.model)
+
+
+def run_fidelity(
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    prompt_ids: Sequence[int],
+    max_tokens: int = 500,
+    runs: int = 5,
+    warmup: int = 1,
+    patch_kwargs: dict[str, Any] | None = None,
+    prefill_step_size: int = 2048,
+    progress: RunProgress | None = None,
+    patch_fn: PatchFn | None = None,
+    unpatch_fn: UnpatchFn | None = None,
+) -> FidelityResult:
+    """Compare greedy decoding of ``model`` unpatched and patched, token for token, over ``runs`` pairs.
+
+    ``tokenizer`` is unused (kept so callers can pass what ``load_model`` returned). ``patch_fn``/``unpatch_fn``
+    default to ``zmlx.patch.patch``/``unpatch``; tests inject deliberately wrong ones. The model is left unpatched.
+    """
+    if max_tokens < 1 or runs < 1 or warmup < 0:
+        raise ValueError("max_tokens and runs must be >= 1 and warmup >= 0")
+    if patch_fn is None or unpatch_fn is None:
+        default_patch, default_unpatch = default_patch_fns()
+        patch_fn, unpatch_fn = patch_fn or default_patch, unpatch_fn or default_unpatch
+    sides = _Sides(model, patch_fn, unpatch_fn, dict(patch_kwargs or {}))
+    warm_tokens = min(max_tokens, WARMUP_TOKENS)
+    total = 2 * (warmup * warm_tokens + runs * max_tokens)
+
+    def tick(desc: str) -> ProgressFn | None:
+        return None if progress is None else (lambda n: progress(desc, n, total))
+
+    def run(desc: str, **kw: Any) -> GreedyRun:
+        return greedy_run(model, prompt_ids, max_tokens, prefill_step_size=prefill_step_size,
+                          progress=tick(desc), **kw)
+
+    info: PatchInfo | None = None
+    for _ in range(warmup):
+        greedy_run(model, prompt_ids, warm_tokens, prefill_step_size=prefill_step_size, progress=tick("warm-up"))
+        info = PatchInfo.from_result(sides.patch(), model)
+        try:
+            greedy_run(model, prompt_ids, warm_tokens, prefill_step_size=prefill_step_size,
+                       progress=tick("warm-up"))
+        finally:
+            sides.unpatch()
+
+    base_runs: list[GreedyRun] = []
+    patched_runs: list[GreedyRun] = []
+    for i in range(runs):
+        base_runs.append(run(f"baseline {i + 1}/{runs}"))
+        result = sides.patch()
+        info = info or PatchInfo.from_result(result, model)
+        try:
+            patched_runs.append(run(f"patched {i + 1}/{runs}"))
+        finally:
+            sides.unpatch()
+
+    reference = base_runs[0].tokens
+    baseline_matches = [_match(reference, r.tokens) for r in base_runs]
+    patched_matches = [_match(reference, r.tokens) for r in patched_runs]
+    divergence = None
+    for i, r in enumerate(patched_runs):
+        pos = first_mismatch(reference, r.tokens)
+        if pos is not None:
+            divergence = _probe_divergence(sides, prompt_ids, reference, r.tokens, i, pos, prefill_step_size)
+            break
+    ok = divergence is None and all(m.matched == m.total for m in baseline_matches)
+    fidelity = Fidelity(verdict="PASS" if ok else "FAIL", runs=patched_matches, first_divergence=divergence,
+                        baseline_runs=baseline_matches)
+    assert info is not None
+    return FidelityResult(
+        fidelity=fidelity,
+        baseline=side_result(base_runs),
+        patched=side_result(patched_runs),
+        patch=info,
+        baseline_tokens=[r.tokens for r in base_runs],
+        patched_tokens=[r.tokens for r in patched_runs],
+    )
+
+
+def _probe_divergence(sides: _Sides, prompt_ids: Sequence[int], reference: Sequence[int],
+                      patched_tokens: Sequence[int], run: int, pos: int, prefill_step_size: int) -> Divergence:
+    """Re-run both sides up to ``pos`` to read their top-1/top-2 margins there (timed runs never pay for it)."""
+    n = pos + 1
+    base = greedy_run(sides.model, prompt_ids, n, prefill_step_size=prefill_step_size, margin_at=pos)
+    sides.patch()
+    try:
+        pat = greedy_run(sides.model, prompt_ids, n, prefill_step_size=prefill_step_size, margin_at=pos)
+    finally:
+        sides.unpatch()
+    ref_tok = reference[pos] if pos < len(reference) else -1
+    pat_tok = patched_tokens[pos] if pos < len(patched_tokens) else -1
+    reproduced = base.tokens == list(reference[:n]) and pat.tokens == list(patched_tokens[:n])
+    nan = float("nan")
+    return Divergence(run=run, position=pos, baseline_token=ref_tok, patched_token=pat_tok,
+                      baseline_margin=base.margin_at if base.margin_at is not None else nan,
+                      patched_margin=pat.margin_at if pat.margin_at is not None else nan,
+                      reproduced=reproduced)
