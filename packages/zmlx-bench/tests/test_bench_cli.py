@@ -31,7 +31,7 @@ def test_report_shows_environment_method_results_and_runs(tmp_path, capsule_fact
 def test_report_names_a_divergence(tmp_path, capsule_factory, capsys):
     path = _save(tmp_path, "f.json", capsule_factory(fail=True))
     assert main(["report", path]) == 0
-    assert "FAIL 71/80 tok, 5 runs; first diverges run 1 token 7" in capsys.readouterr().out
+    assert "FAIL 71/80 tok, 5 runs; first diverges run 2 token 7" in capsys.readouterr().out
 
 
 def test_markdown_accepts_several_capsules_each_named(tmp_path, capsule_factory, capsys):
@@ -134,6 +134,7 @@ def test_run_with_diverging_tokens_writes_the_capsule_and_exits_1(tmp_path, monk
     from types import SimpleNamespace
 
     import zmlx.validate as validate
+    from zmlx.validate import PatchInfo
 
     class Tok:
         def encode(self, text):
@@ -141,8 +142,8 @@ def test_run_with_diverging_tokens_writes_the_capsule_and_exits_1(tmp_path, monk
 
     def fake_run(model, tokenizer, **kw):
         r = model_result_factory("x", [100.0, 101.0, 99.0], [104.0, 103.0, 105.0], fail=True)
-        return SimpleNamespace(fidelity=r.fidelity, baseline=r.baseline, patched=r.patched, counts=r.counts,
-                               patterns=r.patterns)
+        return SimpleNamespace(fidelity=r.fidelity, baseline=r.baseline, patched=r.patched,
+                               patch=PatchInfo(model_type=r.model_type, counts=r.counts, patterns=r.patterns))
 
     monkeypatch.setattr(validate, "load_model", lambda spec, cache_dir=None: (object(), Tok(), spec), raising=False)
     monkeypatch.setattr(validate, "run_fidelity", fake_run, raising=False)

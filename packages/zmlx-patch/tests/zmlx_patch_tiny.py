@@ -1,6 +1,6 @@
 """Tiny real mlx-lm models for the zmlx-patch tests: each family's own Model/ModelArgs, random non-zero weights.
 
-Shapes keep every projection's input a multiple of 64 so 4-bit quantization (group 64) covers the experts.
+Shapes keep every projection's input a multiple of 64 and above 64 so 4-bit quantization (group 64) covers the experts.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.utils import _get_classes, quantize_model
 
-D, V = 64, 256
+# 128, not 64: MLX CUDA sends K <= group_size (64) quantized matmuls to its qmm_sm90 JIT path, which fails on
+# the H100 host (see docs/perf-notes.md); real checkpoints never have K <= 64.
+D, V = 128, 256
 _ATTN = dict(hidden_size=D, num_attention_heads=2, num_key_value_heads=1, head_dim=32, rms_norm_eps=1e-5,
              vocab_size=V, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=False)
 _QWEN_LINEAR = dict(linear_num_value_heads=2, linear_num_key_heads=1, linear_key_head_dim=32,
@@ -34,46 +36,46 @@ CONFIGS: dict[str, tuple[dict, dict[str, int]]] = {
     "gemma3_text": (dict(_ATTN, num_hidden_layers=2, intermediate_size=128, query_pre_attn_scalar=32,
                          sliding_window=16, sliding_window_pattern=2), {"geglu_mlp": 2}),
     "qwen3_moe": (dict(_ATTN, num_hidden_layers=3, intermediate_size=128, num_experts=8, num_experts_per_tok=3,
-                       decoder_sparse_step=1, mlp_only_layers=[0], moe_intermediate_size=64,
+                       decoder_sparse_step=1, mlp_only_layers=[0], moe_intermediate_size=128,
                        norm_topk_prob=True), {"moe_mlp": 2, "swiglu_mlp": 1}),
     "qwen2_moe": (dict(_ATTN, num_hidden_layers=2, intermediate_size=128, num_experts=8, num_experts_per_tok=3,
-                       moe_intermediate_size=64, shared_expert_intermediate_size=128),
+                       moe_intermediate_size=128, shared_expert_intermediate_size=128),
                   {"moe_mlp": 2, "swiglu_mlp": 2}),
     "qwen3_next": (dict(_ATTN, **_QWEN_LINEAR, num_hidden_layers=2, intermediate_size=128, num_experts=8,
-                        num_experts_per_tok=3, decoder_sparse_step=1, shared_expert_intermediate_size=64,
-                        mlp_only_layers=[], moe_intermediate_size=64, partial_rotary_factor=0.5,
+                        num_experts_per_tok=3, decoder_sparse_step=1, shared_expert_intermediate_size=128,
+                        mlp_only_layers=[], moe_intermediate_size=128, partial_rotary_factor=0.5,
                         norm_topk_prob=True), {"moe_mlp": 2, "swiglu_mlp": 2}),
     "qwen3_5_moe": (dict(_ATTN, **_QWEN_LINEAR, num_hidden_layers=2, intermediate_size=128, num_experts=8,
-                         num_experts_per_tok=3, shared_expert_intermediate_size=64, moe_intermediate_size=64,
+                         num_experts_per_tok=3, shared_expert_intermediate_size=128, moe_intermediate_size=128,
                          rope_parameters={"type": "default", "rope_theta": 10000.0,
                                           "partial_rotary_factor": 0.5, "mrope_section": [4, 2, 2]}),
                     {"moe_mlp": 2, "swiglu_mlp": 2}),
-    "lfm2_moe": (dict(_ATTN, num_hidden_layers=3, intermediate_size=128, moe_intermediate_size=64, num_experts=8,
+    "lfm2_moe": (dict(_ATTN, num_hidden_layers=3, intermediate_size=128, moe_intermediate_size=128, num_experts=8,
                       num_experts_per_tok=3, norm_topk_prob=True, use_expert_bias=True, num_dense_layers=1,
                       routed_scaling_factor=1.5, norm_eps=1e-5, conv_bias=False, conv_L_cache=3,
                       full_attn_idxs=[1]), {"moe_mlp": 2, "swiglu_mlp": 1}),
-    "mixtral": (dict(_ATTN, num_hidden_layers=2, intermediate_size=64, num_local_experts=8, num_experts_per_tok=3),
+    "mixtral": (dict(_ATTN, num_hidden_layers=2, intermediate_size=128, num_local_experts=8, num_experts_per_tok=3),
                 {"moe_mlp": 2}),
-    "gpt_oss": (dict(_ATTN, num_hidden_layers=2, intermediate_size=64, num_local_experts=8, num_experts_per_tok=3,
+    "gpt_oss": (dict(_ATTN, num_hidden_layers=2, intermediate_size=128, num_local_experts=8, num_experts_per_tok=3,
                      sliding_window=16, layer_types=["sliding_attention", "full_attention"]), {"moe_mlp": 2}),
-    "olmoe": (dict(_ATTN, num_hidden_layers=2, intermediate_size=64, num_experts=8, num_experts_per_tok=3,
+    "olmoe": (dict(_ATTN, num_hidden_layers=2, intermediate_size=128, num_experts=8, num_experts_per_tok=3,
                    norm_topk_prob=True), {"moe_mlp": 2}),
-    "granitemoe": (dict(_ATTN, num_hidden_layers=2, intermediate_size=64, num_local_experts=8,
+    "granitemoe": (dict(_ATTN, num_hidden_layers=2, intermediate_size=128, num_local_experts=8,
                         num_experts_per_tok=3, logits_scaling=2.0, attention_multiplier=0.2,
                         embedding_multiplier=3.0, residual_multiplier=0.5, attention_bias=False),
                    {"moe_mlp": 2}),
-    "deepseek_v3": (dict(_ATTN, num_hidden_layers=3, intermediate_size=128, moe_intermediate_size=64,
+    "deepseek_v3": (dict(_ATTN, num_hidden_layers=3, intermediate_size=128, moe_intermediate_size=128,
                          n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=3, n_group=4, topk_group=2,
-                         routed_scaling_factor=2.5, kv_lora_rank=32, q_lora_rank=64, qk_rope_head_dim=16,
+                         routed_scaling_factor=2.5, kv_lora_rank=32, q_lora_rank=128, qk_rope_head_dim=16,
                          v_head_dim=32, qk_nope_head_dim=32, first_k_dense_replace=1, norm_topk_prob=True),
                     {"moe_mlp": 2, "swiglu_mlp": 3}),
-    "glm4_moe": (dict(_ATTN, num_hidden_layers=3, intermediate_size=128, moe_intermediate_size=64,
+    "glm4_moe": (dict(_ATTN, num_hidden_layers=3, intermediate_size=128, moe_intermediate_size=128,
                       n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=3, n_group=4, topk_group=2,
                       routed_scaling_factor=2.5, first_k_dense_replace=1, norm_topk_prob=True, rope_scaling=None,
                       use_qk_norm=True, attention_bias=False, partial_rotary_factor=0.5),
                  {"moe_mlp": 2, "swiglu_mlp": 3}),
-    "minimax": (dict(_ATTN, num_hidden_layers=2, intermediate_size=64, num_local_experts=8, num_experts_per_tok=3,
-                     shared_intermediate_size=64, rotary_dim=16), {"moe_mlp": 2}),
+    "minimax": (dict(_ATTN, num_hidden_layers=2, intermediate_size=128, num_local_experts=8, num_experts_per_tok=3,
+                     shared_intermediate_size=128, rotary_dim=16), {"moe_mlp": 2}),
 }
 FAMILIES = sorted(CONFIGS)
 MOE_FAMILIES = [f for f in FAMILIES if "moe_mlp" in CONFIGS[f][1]]

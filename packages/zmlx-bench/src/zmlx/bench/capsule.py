@@ -93,9 +93,9 @@ class Summary(Base, kw_only=True):
     decode_speedup: Annotated[float, _doc("median patched decode tok/s / median baseline decode tok/s")]
     prefill_speedup: float
     decode_speedup_ci95: Annotated[tuple[float, float], _doc("percentile bootstrap of the ratio of medians")]
-    excludes_one: Annotated[
-        bool, _doc("the interval lies wholly above or below 1.0: a change outside run-to-run noise")
-    ]
+    excludes_one: Annotated[bool, _doc(
+        "the interval lies wholly above or below 1.0, a change outside run-to-run noise; never true with fewer "
+        "than 5 runs per side (zmlx.bench.stats.MIN_RUNS_FOR_VERDICT)")]
     decode_ms_per_token_saved: Annotated[
         float, _doc("1000/baseline - 1000/patched (medians); negative when slower")
     ]

@@ -52,13 +52,15 @@ def _fail(msg: str, code: int = 2) -> int:
 
 
 def _writable_dir(path: Path) -> str | None:
-    """Why a file cannot be written in ``path`` (created if missing), or None: checked before a long run."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return f"cannot create output directory {path}: {e.strerror or e}"
-    if not os.access(path, os.W_OK):
-        return f"output directory {path} is not writable"
+    """Why a file cannot be written in ``path``, or None; checked before a long run, creating nothing (the
+    folder itself is made only when the capsule is written, so an interrupted run leaves nothing behind)."""
+    probe = path.resolve()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"cannot write into {path}: {probe} is not a directory"
+    if not os.access(probe, os.W_OK):
+        return f"output directory {probe} is not writable"
     return None
 
 
@@ -72,6 +74,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if why:
             return _fail(why)
     patterns, exclude = _names(args.patterns), _names(args.exclude) or []
+    from zmlx.patch import list_patterns
+
+    # Checked before any model loads: a typo should not cost a multi-minute checkpoint load.
+    unknown = [p for p in (patterns or []) + exclude if p not in list_patterns()]
+    if unknown:
+        return _fail(f"unknown pattern(s) {', '.join(unknown)}; known: {', '.join(list_patterns())}")
     try:
         capsule = run_models(
             args.models, runs=args.runs, max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens,
@@ -79,6 +87,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             exclude=exclude, cache_dir=args.cache_dir, resamples=args.resamples, kernels=args.kernels,
             command=["zmlx-bench", *args.argv], quiet=args.quiet,
         )
+        if args.note:
+            capsule = msgspec.structs.replace(capsule, note=args.note)
         path = resolve_out(args.out, capsule, args.models)
         save_capsule(path, capsule)
     except KeyboardInterrupt:
@@ -186,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kernels", action="store_true", help="also run the kernel microbenchmark into the capsule")
     r.add_argument("--resamples", type=_positive, default=stats.DEFAULT_RESAMPLES,
                    help=f"bootstrap resamples for the speedup interval (default {stats.DEFAULT_RESAMPLES})")
+    r.add_argument("--note", default="", help="free text stored in the capsule (e.g. what changed, or the commit "
+                                              "when the machine has no git checkout)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr, no report on stdout")
     r.set_defaults(func=_cmd_run)
 

@@ -44,7 +44,8 @@ def _speedup_change(a: Capsule, b: Capsule, model: str, seed: int) -> list[str]:
         f"{(sb.decode_speedup - sa.decode_speedup) * 100:+.1f} pts, {change}",
         tables.side_cell(ra.patched.decode_tps),
         tables.side_cell(rb.patched.decode_tps),
-        f"{tables.ratio_cell(pb / pa, ci)} {tables.verdict_cell(ci)}",
+        f"{tables.ratio_cell(pb / pa, ci)} "
+        f"{tables.verdict_cell(ci, min(len(ra.patched.decode_tps), len(rb.patched.decode_tps)))}",
         tables.ratio_cell(bb / ba),
         f"{ra.fidelity.verdict} / {rb.fidelity.verdict}",
     ]

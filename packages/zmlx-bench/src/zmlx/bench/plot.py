@@ -22,6 +22,7 @@ def plot_decode_runs(capsules: Sequence[tuple[str, Capsule]], out: str | os.Path
 
         matplotlib.use("Agg")  # files only: no display needed on servers or in CI
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise PlotUnavailable(
             "--plot needs matplotlib, which is not installed: pip install 'zmlx-bench[plot]'"
@@ -40,6 +41,7 @@ def plot_decode_runs(capsules: Sequence[tuple[str, Capsule]], out: str | os.Path
         ax.set_title(f"{r.model}\nx{r.summary.decode_speedup:.3f} [{lo:.3f}, {hi:.3f}]  ({Path(path).name})",
                      fontsize=9)
         ax.set_xlabel("measured run")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("decode tok/s")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -55,7 +55,7 @@ def result_rows(c: Capsule) -> list[list[str]]:
             tables.side_cell(r.baseline.decode_tps),
             tables.side_cell(r.patched.decode_tps),
             tables.ratio_cell(s.decode_speedup, s.decode_speedup_ci95),
-            tables.verdict_cell(s.decode_speedup_ci95),
+            tables.verdict_cell(s.decode_speedup_ci95, min(len(r.baseline.decode_tps), len(r.patched.decode_tps))),
             tables.side_cell(r.baseline.prefill_tps),
             tables.side_cell(r.patched.prefill_tps),
             tables.ratio_cell(s.prefill_speedup),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import stats
-from .capsule import Capsule, Methodology, ModelResult, Summary, save_capsule
+from .capsule import Capsule, Methodology, ModelResult, Summary
 from .env import collect_environment
 
 __all__ = ["default_capsule_name", "run_models", "summarize", "synth_prompt_ids"]
@@ -62,7 +62,8 @@ def summarize(baseline: Any, patched: Any, *, seed: int, resamples: int) -> Summ
         decode_speedup=p_dec / b_dec,
         prefill_speedup=p_pre / b_pre,
         decode_speedup_ci95=ci,
-        excludes_one=stats.excludes(ci, 1.0),
+        excludes_one=stats.excludes(ci, 1.0)
+        and min(len(baseline.decode_tps), len(patched.decode_tps)) >= stats.MIN_RUNS_FOR_VERDICT,
         decode_ms_per_token_saved=1000.0 / b_dec - 1000.0 / p_dec,
         peak_memory_change_gb=patched.peak_memory_gb - baseline.peak_memory_gb,
     )
@@ -80,20 +81,27 @@ def default_capsule_name(created: dt.datetime, device: str, models: Sequence[str
 
 
 class _Progress:
-    """One status line per event on stderr (plain lines: readable in CI logs and through pipes)."""
+    """Plain status lines on stderr, one per run (readable in CI logs and through pipes, unlike a live bar)."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.prefix = ""
+        self.desc = ""
+        self.done = 0
 
     def say(self, msg: str) -> None:
         if not self.quiet:
             print(f"{self.prefix}{msg}", file=sys.stderr, flush=True)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> None:
-        # zmlx.validate's progress hook; show whatever it reports, one line per event.
-        parts = [str(a) for a in args] + [f"{k}={v}" for k, v in kwargs.items()]
-        self.say(" ".join(parts))
+    def start_model(self, prefix: str) -> None:
+        self.prefix, self.desc, self.done = prefix, "", 0
+
+    def __call__(self, desc: str, tokens: int, total: int) -> None:
+        """zmlx.validate's RunProgress hook: (run description, new tokens, total tokens of the model)."""
+        if desc != self.desc:
+            self.desc = desc
+            self.say(f"{desc} ({100 * self.done // max(total, 1)}% of {total} tokens)")
+        self.done += tokens
 
 
 def run_models(
@@ -115,7 +123,7 @@ def run_models(
 ) -> Capsule:
     """Benchmark every model in turn and return the capsule (nothing is written here)."""
     import mlx.core as mx
-    from zmlx.validate import load_model, run_fidelity
+    from zmlx.validate import LoadError, load_model, run_fidelity
 
     progress = _Progress(quiet)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -128,15 +136,13 @@ def run_models(
 
     results: list[ModelResult] = []
     for i, spec in enumerate(models, 1):
-        progress.prefix = f"[{i}/{len(models)}] {spec}: "
+        progress.start_model(f"[{i}/{len(models)}] {spec}: ")
         progress.say("loading")
         t0 = time.perf_counter()
         try:
             model, tokenizer, name = load_model(spec, cache_dir=cache_dir)
-        except (KeyboardInterrupt, MemoryError):
-            raise
-        except Exception as e:  # hub, file-system and config errors all mean: this model cannot be loaded
-            raise BenchError(f"cannot load model {spec!r}: {type(e).__name__}: {e}") from None
+        except LoadError as e:  # zmlx.validate's one-line message: unknown name, bad folder, hub error
+            raise BenchError(f"cannot load model {spec!r}: {e}") from None
         load_s = time.perf_counter() - t0
         prompt_ids = synth_prompt_ids(tokenizer, prompt_tokens, seed=seed)
         progress.say(f"loaded {name} in {load_s:.1f}s; {warmup} warm-up + {runs} measured runs per side")
@@ -148,9 +154,9 @@ def run_models(
         results.append(ModelResult(
             model=spec,
             name=name,
-            model_type=str(getattr(model, "model_type", "") or ""),
-            patterns=list(res.patterns),
-            counts=dict(res.counts),
+            model_type=res.patch.model_type,
+            patterns=list(res.patch.patterns),
+            counts=dict(res.patch.counts),
             fidelity=res.fidelity,
             baseline=res.baseline,
             patched=res.patched,
@@ -207,7 +213,3 @@ def resolve_out(out: str | None, capsule: Capsule, models: Sequence[str]) -> Pat
     if p.is_dir() or out.endswith(("/", "\\")):
         return p / name
     return p
-
-
-def write(capsule: Capsule, path: Path) -> None:
-    save_capsule(path, capsule)

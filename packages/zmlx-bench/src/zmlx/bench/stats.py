@@ -13,9 +13,12 @@ import random
 from collections.abc import Sequence
 from statistics import median
 
-__all__ = ["DEFAULT_RESAMPLES", "bootstrap_ratio_ci", "excludes", "iqr", "median", "percentile", "spread"]
+__all__ = ["DEFAULT_RESAMPLES", "MIN_RUNS_FOR_VERDICT", "bootstrap_ratio_ci", "excludes", "iqr", "median", "percentile", "spread"]
 
 DEFAULT_RESAMPLES = 10_000
+# Below this many runs per side a bootstrap of the median has too few distinct values to mean anything (with 2
+# runs a resampled median takes only 3 values), so no change is called real on fewer runs.
+MIN_RUNS_FOR_VERDICT = 5
 
 
 def percentile(values: Sequence[float], q: float) -> float:

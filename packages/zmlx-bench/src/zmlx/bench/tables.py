@@ -46,8 +46,10 @@ def ratio_cell(ratio: float, ci: tuple[float, float] | None = None) -> str:
     return s if ci is None else f"{s} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def verdict_cell(ci: tuple[float, float]) -> str:
-    """Where 1.0 (no change) lies relative to the 95% interval."""
+def verdict_cell(ci: tuple[float, float], runs: int) -> str:
+    """Where 1.0 (no change) lies relative to the 95% interval; no verdict on too few runs."""
+    if runs < stats.MIN_RUNS_FOR_VERDICT:
+        return f"no verdict (< {stats.MIN_RUNS_FOR_VERDICT} runs)"
     if ci[0] > 1.0:
         return "faster"
     if ci[1] < 1.0:
@@ -61,7 +63,7 @@ def fidelity_cell(f: Fidelity) -> str:
     s = f"{f.verdict} {matched}/{total} tok, {len(f.runs)} runs"
     d = f.first_divergence
     if d is not None:
-        s += f"; first diverges run {d.run} token {d.position}"
+        s += f"; first diverges run {d.run + 1} token {d.position}"
     return s
 
 

@@ -196,8 +196,7 @@ def _probe_divergence(sides: _Sides, prompt_ids: Sequence[int], reference: Seque
     ref_tok = reference[pos] if pos < len(reference) else -1
     pat_tok = patched_tokens[pos] if pos < len(patched_tokens) else -1
     reproduced = base.tokens == list(reference[:n]) and pat.tokens == list(patched_tokens[:n])
-    nan = float("nan")
     return Divergence(run=run, position=pos, baseline_token=ref_tok, patched_token=pat_tok,
-                      baseline_margin=base.margin_at if base.margin_at is not None else nan,
-                      patched_margin=pat.margin_at if pat.margin_at is not None else nan,
+                      baseline_margin=base.margin_at,
+                      patched_margin=pat.margin_at,
                       reproduced=reproduced)

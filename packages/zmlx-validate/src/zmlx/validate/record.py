@@ -19,14 +19,15 @@ import msgspec
 class Base(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=False):
     """Base of every zmlx record.
 
-    - ``kw_only``: fields are named at construction, so adding a field never shifts positions.
+    - ``kw_only``: fields are named at construction, so adding a field never shifts positions (msgspec applies
+      it per class: every subclass repeats ``kw_only=True``).
     - ``frozen``: a record is a measurement; it is built once and never edited.
     - unknown fields are accepted on decode (no ``forbid_unknown_fields``): older readers skip what newer
       writers add.
     """
 
 
-class RunStats(Base):
+class RunStats(Base, kw_only=True):
     """One greedy generation run of one side (baseline or patched)."""
 
     prompt_tokens: int
@@ -40,7 +41,7 @@ class RunStats(Base):
     peak_memory_gb: float
 
 
-class SideResult(Base):
+class SideResult(Base, kw_only=True):
     """Raw per-run numbers of one side, in run order, plus their medians."""
 
     runs: list[RunStats]
@@ -52,26 +53,27 @@ class SideResult(Base):
     median_decode_tps: float
 
 
-class Divergence(Base):
+class Divergence(Base, kw_only=True):
     """Where a patched run first left the baseline's tokens, and how close the call was."""
 
     run: int
     position: int
     baseline_token: int
     patched_token: int
-    baseline_margin: float  # top-1 minus top-2 logprob of the baseline at that step
-    patched_margin: float
+    # top-1 minus top-2 logprob at that step; None when it could not be measured (JSON has no NaN)
+    baseline_margin: float | None
+    patched_margin: float | None
     # False when re-running both sides to read the margins did not give the same two tokens again
     # (the divergence is then not deterministic).
     reproduced: bool = True
 
 
-class RunMatch(Base):
+class RunMatch(Base, kw_only=True):
     matched: int
     total: int
 
 
-class Fidelity(Base):
+class Fidelity(Base, kw_only=True):
     verdict: str  # "PASS" | "FAIL"
     runs: list[RunMatch]  # patched run i against baseline run 0 (matched = common prefix length)
     first_divergence: Divergence | None = None
@@ -79,7 +81,7 @@ class Fidelity(Base):
     baseline_runs: list[RunMatch] = msgspec.field(default_factory=list)
 
 
-class Bisection(Base):
+class Bisection(Base, kw_only=True):
     """What ``--bisect`` found: the first pattern, then the first layer, that alone breaks fidelity."""
 
     pattern: str | None = None  # None: no single pattern diverges on its own
@@ -89,7 +91,7 @@ class Bisection(Base):
     note: str = ""
 
 
-class ValidationRecord(Base, tag_field="schema", tag="zmlx.validate/1"):
+class ValidationRecord(Base, kw_only=True, tag_field="schema", tag="zmlx.validate/1"):
     """What ``zmlx-validate --json`` writes."""
 
     model: str

@@ -42,8 +42,9 @@ _BODY = """\
   const int d = i - r * D;
   P acc = P(0.0f);  // MLX's Sum init, then one rounding per step, k in index order
   for (int j = 0; j < K; ++j) {
-    const P prod = zm_mul(P(float(y[(size_t(r) * K + j) * D + d])), P(float(scores[size_t(r) * K + j])));
-    acc = zm_add(acc, prod);
+    // _rn: the multiply and the sum are separate MLX primitives, so no FMA contraction between them
+    const P prod = zm_mul_rn(P(float(y[(size_t(r) * K + j) * D + d])), P(float(scores[size_t(r) * K + j])));
+    acc = zm_add_rn(acc, prod);
   }
   out[i] = O(float(acc));
 """

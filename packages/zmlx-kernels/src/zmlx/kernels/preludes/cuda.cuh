@@ -39,6 +39,14 @@ template <typename U> ZM_FN U zm_mul(U a, U b) { return mlx::core::cu::Multiply{
 template <typename U> ZM_FN U zm_div(U a, U b) { return mlx::core::cu::Divide{}(a, b); }
 template <typename U> ZM_FN U zm_pow(U a, U b) { return mlx::core::cu::Power{}(a, b); }
 template <typename U> ZM_FN U zm_max(U a, U b) { return mlx::core::cu::Maximum{}(a, b); }
+// One rounding per op and never fused into an FMA: what two separate MLX primitives (a multiply, then a sum)
+// compute. Plain zm_mul/zm_add above may be contracted, as they are inside one fused MLX kernel.
+ZM_FN float zm_mul_rn(float a, float b) { return __fmul_rn(a, b); }
+ZM_FN float zm_add_rn(float a, float b) { return __fadd_rn(a, b); }
+ZM_FN __half zm_mul_rn(__half a, __half b) { return __hmul_rn(a, b); }
+ZM_FN __half zm_add_rn(__half a, __half b) { return __hadd_rn(a, b); }
+ZM_FN __nv_bfloat16 zm_mul_rn(__nv_bfloat16 a, __nv_bfloat16 b) { return __hmul_rn(a, b); }
+ZM_FN __nv_bfloat16 zm_add_rn(__nv_bfloat16 a, __nv_bfloat16 b) { return __hadd_rn(a, b); }
 // Explicit single-rounding float helpers (no FMA contraction), for reproducing MLX op-by-op rounding.
 ZM_FN float zm_fmul(float a, float b) { return __fmul_rn(a, b); }
 ZM_FN float zm_fadd(float a, float b) { return __fadd_rn(a, b); }

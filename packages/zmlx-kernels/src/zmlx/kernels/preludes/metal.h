@@ -53,6 +53,9 @@ template <typename U> ZM_FN U zm_sub(U a, U b) { return a - b; }
 template <typename U> ZM_FN U zm_mul(U a, U b) { return a * b; }
 template <typename U> ZM_FN U zm_div(U a, U b) { return a / b; }
 template <typename U> ZM_FN U zm_pow(U a, U b) { return static_cast<U>(metal::pow(static_cast<float>(a), static_cast<float>(b))); }
+// Separate roundings as two MLX primitives compute them (no FMA contraction intended; unverified on Metal).
+template <typename U> ZM_FN U zm_mul_rn(U a, U b) { return a * b; }
+template <typename U> ZM_FN U zm_add_rn(U a, U b) { return a + b; }
 ZM_FN float zm_fmul(float a, float b) { return a * b; }
 ZM_FN float zm_fadd(float a, float b) { return a + b; }
 ZM_FN float zm_fexp(float x) { return metal::exp(x); }
