@@ -63,3 +63,9 @@ template <typename U> U simd_shuffle_xor(U x, ushort) { return x; }
 template <typename U> U simd_shuffle(U x, ushort) { return x; }
 template <typename U> U simd_shuffle_down(U x, ushort) { return x; }
 template <typename U> U simd_broadcast(U x, ushort) { return x; }
+
+template <typename To, typename From> To as_type(From f) {
+  To t{};
+  __builtin_memcpy(&t, &f, sizeof(To) < sizeof(From) ? sizeof(To) : sizeof(From));
+  return t;
+}

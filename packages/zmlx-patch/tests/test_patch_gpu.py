@@ -1,8 +1,13 @@
 """GPU (``pytest -m gpu``): on Metal/CUDA the patched blocks run zmlx kernels, not references.
 
-Each family's tiny bf16 4-bit model decodes 120 greedy tokens unpatched and patched (two identically seeded
-instances); the tokens must be identical, and teacher-forced decode logits (M=1) must be bit-equal. Results are
-printed one line per family for docs/gpu-test-log.md.
+One test per family, on ONE tiny bf16 4-bit model (two builds of the same model are not reliably identical on
+the H100 host): greedy-decode N_TOKENS unpatched, patch, decode again, unpatch, decode a third time. Patched and
+unpatched-again tokens must equal the baseline; for MoE families the teacher-forced decode logits (M=1) must also
+be bit-equal patched vs unpatched. One summary line per family for docs/gpu-test-log.md.
+
+Kernel instantiations triggered here (CUDA: each is an NVRTC compile): swiglu bf16, geglu_erf bf16, geglu_tanh
+bf16, moe_combine (bf16, bf16) and (f32, bf16), shared with test_kernels_gpu.py's check cases; plus one routing
+instantiation per MoE family (E=8, k=3, the family's flags: ~11, shared by nothing else). About 11 new, 16 alone.
 """
 
 from __future__ import annotations
@@ -15,18 +20,44 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 from zmlx.kernels.backend import gpu_backend
-from zmlx.patch import patch
+from zmlx.patch import patch, unpatch
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(gpu_backend() is None, reason="no Metal or CUDA GPU: the fused kernels cannot run here"),
 ]
-N_TOKENS = 120
-OPS = ("swiglu", "geglu", "moe_combine", "softmax_topk", "topk_softmax", "sigmoid_topk", "grouped_sigmoid_topk")
+N_TOKENS = 100  # the issue asks for 100+ greedy tokens per MoE family
+N_LOGIT_STEPS = 24
+OPS = tuple(name for name in ("swiglu", "geglu", "moe_combine", "moe_gate_up", "moe_down_combine", "softmax_topk",
+                              "topk_softmax", "sigmoid_topk", "grouped_sigmoid_topk") if hasattr(zk, name))
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Each family's tiny quantized model, built once for the module and reused (left unpatched by every test)."""
+    cache: dict[str, object] = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = tiny.build(family, quantized=True)
+        return cache[family]
+
+    return get
 
 
 def _greedy(model, prompt: mx.array, n: int) -> list[int]:
     return [t for t, _ in generate_step(prompt, model, max_tokens=n, sampler=make_sampler(temp=0.0))]
+
+
+def _decode_logits(model, seq: mx.array) -> list[mx.array]:
+    """Teacher-forced decode, one token per step (M=1, the fused path), logits of every step."""
+    cache = make_prompt_cache(model)
+    out = []
+    for i in range(seq.shape[1]):
+        logits = model(seq[:, i : i + 1], cache=cache)
+        mx.eval(logits)
+        out.append(logits)
+    return out
 
 
 def _count_kernel_calls(monkeypatch) -> dict[str, int]:
@@ -42,34 +73,39 @@ def _count_kernel_calls(monkeypatch) -> dict[str, int]:
     return counts
 
 
+def _first_diff(a: list[int], b: list[int]) -> int | None:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+
+
 @pytest.mark.parametrize("family", tiny.FAMILIES)
-def test_greedy_tokens_identical_on_gpu(family, monkeypatch):
+def test_family_patched_identical_on_gpu(family, models, monkeypatch):
+    model = models(family)
+    moe = family in tiny.MOE_FAMILIES
     prompt = tiny.tokens(6)[0]
-    base = _greedy(tiny.build(family, quantized=True), prompt, N_TOKENS)
-    model = tiny.build(family, quantized=True)
+    seq = tiny.tokens(N_LOGIT_STEPS, seed=5)
+    base = _greedy(model, prompt, N_TOKENS)
+    base_logits = _decode_logits(model, seq) if moe else []
+
     result = patch(model, verbose=False)
-    assert result.counts == tiny.CONFIGS[family][1]
-    calls = _count_kernel_calls(monkeypatch)
-    got = _greedy(model, prompt, N_TOKENS)
-    first = next((i for i, (a, b) in enumerate(zip(base, got, strict=True)) if a != b), None)
-    print(f"[gpu] {family}: {N_TOKENS} tokens, first divergence {first}, distinct tokens {len(set(base))}, "
-          f"kernel calls { {k: v for k, v in calls.items() if v} }")
+    try:
+        assert result.counts == tiny.CONFIGS[family][1]
+        calls = _count_kernel_calls(monkeypatch)
+        got = _greedy(model, prompt, N_TOKENS)
+        got_logits = _decode_logits(model, seq) if moe else []
+        monkeypatch.undo()
+    finally:
+        restored = unpatch(model)
+    assert restored == result.total, f"{family}: unpatch restored {restored} of {result.total} modules"
+    again = _greedy(model, prompt, N_TOKENS)
+
+    worst = max((mx.abs(w.astype(mx.float32) - g.astype(mx.float32)).max().item()
+                 for w, g in zip(base_logits, got_logits, strict=True)), default=0.0)
+    first = _first_diff(base, got)
+    print(f"[gpu] {family}: {N_TOKENS} tokens, first divergence {first}, unpatched again "
+          f"{'identical' if again == base else f'diverges at {_first_diff(base, again)}'}, distinct tokens "
+          f"{len(set(base))}, kernel calls { {k: v for k, v in calls.items() if v} }"
+          + (f", max |logit diff| over {N_LOGIT_STEPS} decode steps = {worst}" if moe else ""))
     assert sum(calls.values()) > 0
     assert got == base, f"{family}: greedy tokens diverge at {first}"
-
-
-@pytest.mark.parametrize("family", tiny.MOE_FAMILIES)
-def test_decode_logits_bit_identical_on_gpu(family):
-    base_model = tiny.build(family, quantized=True)
-    model = tiny.build(family, quantized=True)
-    patch(model, verbose=False)
-    seq = tiny.tokens(24, seed=5)
-    caches = make_prompt_cache(base_model), make_prompt_cache(model)
-    worst = 0.0
-    for i in range(seq.shape[1]):
-        step = seq[:, i : i + 1]
-        want, got = base_model(step, cache=caches[0]), model(step, cache=caches[1])
-        mx.eval(want, got)
-        worst = max(worst, mx.abs(want.astype(mx.float32) - got.astype(mx.float32)).max().item())
-    print(f"[gpu] {family}: max |logit diff| over {seq.shape[1]} decode steps = {worst}")
-    assert worst == 0.0
+    assert again == base, f"{family}: after unpatch, greedy tokens diverge at {_first_diff(base, again)}"
+    assert worst == 0.0, f"{family}: patched decode logits differ by up to {worst}"

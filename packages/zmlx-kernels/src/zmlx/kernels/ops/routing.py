@@ -202,22 +202,25 @@ def kernel_specs():
 
 # --- checks -----------------------------------------------------------------------------------------------
 
-# (variant, experts, k, leading shape, keyword arguments); bias=True means a random float32 bias.
+# (variant, experts, k, leading shape, keyword arguments, dtype of the GPU check); bias=True means a random
+# float32 bias. Each GPU case is one NVRTC compile on CUDA (template: dtype, E, k, flags), so each runs in one
+# dtype, rotated so every variant meets all three; reference_checks (CPU-cheap) run every case in every dtype.
+# Model decode shapes per family are in tests/test_routing_gpu.py.
 _CASES = (
-    ("softmax_topk", 33, 2, (3,), dict(renormalize=True)),
-    ("softmax_topk", 123, 4, (2, 2), dict(renormalize=False, neg_select=True)),
-    ("softmax_topk", 128, 8, (5,), dict(renormalize=True)),
-    ("softmax_topk", 512, 16, (2,), dict(renormalize=True, neg_select=True)),
-    ("softmax_topk", 31, 4, (), dict(renormalize=True)),
-    ("topk_softmax", 31, 2, (3,), dict(neg_select=True)),
-    ("topk_softmax", 33, 4, (2, 2), dict()),
-    ("topk_softmax", 123, 8, (3,), dict(fp32=True)),
-    ("sigmoid_topk", 31, 4, (3,), dict(bias=True, renormalize=True, eps=1e-6, scale=2.5)),
-    ("sigmoid_topk", 123, 8, (2, 2), dict(renormalize=False)),
-    ("sigmoid_topk", 256, 8, (3,), dict(bias=True, eps=1e-20, neg_select=True, out_dtype=mx.bfloat16)),
-    ("grouped_sigmoid_topk", 64, 6, (3,), dict(n_group=8, topk_group=4, renormalize=True, scale=2.5)),
-    ("grouped_sigmoid_topk", 33, 4, (2, 2), dict(n_group=1, topk_group=1, renormalize=False, scale=1.0)),
-    ("grouped_sigmoid_topk", 256, 8, (2,), dict(n_group=8, topk_group=4, renormalize=True, scale=1.0)),
+    ("softmax_topk", 33, 2, (3,), dict(renormalize=True), mx.float32),
+    ("softmax_topk", 123, 4, (2, 2), dict(renormalize=False, neg_select=True), mx.float16),
+    ("softmax_topk", 31, 4, (), dict(renormalize=True), mx.bfloat16),
+    ("softmax_topk", 512, 16, (2,), dict(renormalize=True, neg_select=True), mx.bfloat16),  # E and k limits
+    ("topk_softmax", 31, 2, (3,), dict(neg_select=True), mx.bfloat16),
+    ("topk_softmax", 33, 4, (2, 2), dict(), mx.float32),
+    ("topk_softmax", 123, 8, (3,), dict(fp32=True), mx.float16),
+    ("sigmoid_topk", 31, 4, (3,), dict(bias=True, renormalize=True, eps=1e-6, scale=2.5), mx.float16),
+    ("sigmoid_topk", 123, 8, (2, 2), dict(renormalize=False), mx.bfloat16),
+    ("sigmoid_topk", 256, 8, (3,), dict(bias=True, eps=1e-20, neg_select=True, out_dtype=mx.bfloat16), mx.float32),
+    ("grouped_sigmoid_topk", 64, 6, (3,), dict(n_group=8, topk_group=4, renormalize=True, scale=2.5), mx.float16),
+    ("grouped_sigmoid_topk", 33, 4, (2, 2), dict(n_group=1, topk_group=1, renormalize=False, scale=1.0),
+     mx.bfloat16),
+    ("grouped_sigmoid_topk", 256, 8, (2,), dict(n_group=8, topk_group=4, renormalize=True, scale=1.0), mx.float32),
 )
 _OPS = {"softmax_topk": softmax_topk, "topk_softmax": topk_softmax, "sigmoid_topk": sigmoid_topk,
         "grouped_sigmoid_topk": grouped_sigmoid_topk}
@@ -248,19 +251,18 @@ def check_cases(seed: int) -> list[CheckCase]:
     cases = []
     key = mx.random.key(seed)
     metal = gpu_backend() == "metal"
-    for variant, experts, k, lead, kw0 in _CASES:
-        for dtype in DTYPES:
-            key, sub = mx.random.split(key)
-            logits, kw = make_inputs(variant, experts, lead, kw0, dtype, sub)
-            wdtype = _REFS[variant](logits, k, **kw)[1].dtype
-            # Indices are exact everywhere; Metal weights after a k-sum follow a guessed order (see docstring).
-            exact = not (metal and _uses_sum(variant, kw))
-            cases.append(CheckCase(
-                op="routing", variant=variant, dtype=dtype_name(dtype),
-                kernel=lambda v=variant, x=logits, k=k, kw=kw: list(_OPS[v](x, k, **kw)),
-                reference=lambda v=variant, x=logits, k=k, kw=kw: list(_REFS[v](x, k, **kw)),
-                exact=exact, atol=TOLERANCE[wdtype],
-            ))
+    for variant, experts, k, lead, kw0, dtype in _CASES:
+        key, sub = mx.random.split(key)
+        logits, kw = make_inputs(variant, experts, lead, kw0, dtype, sub)
+        wdtype = _REFS[variant](logits, k, **kw)[1].dtype
+        # Indices are exact everywhere; Metal weights after a k-sum follow a guessed order (see docstring).
+        exact = not (metal and _uses_sum(variant, kw))
+        cases.append(CheckCase(
+            op="routing", variant=variant, dtype=dtype_name(dtype),
+            kernel=lambda v=variant, x=logits, k=k, kw=kw: list(_OPS[v](x, k, **kw)),
+            reference=lambda v=variant, x=logits, k=k, kw=kw: list(_REFS[v](x, k, **kw)),
+            exact=exact, atol=TOLERANCE[wdtype],
+        ))
     return cases
 
 
@@ -295,7 +297,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
     """Each reference against float64 math: weights of its picks, and its picks being a top-k (up to rounding)."""
     out = []
     key = mx.random.key(seed)
-    for variant, experts, k, _, kw0 in _CASES:
+    for variant, experts, k, _, kw0, _ in _CASES:
         for dtype in DTYPES:
             key, sub = mx.random.split(key)
             logits, kw = make_inputs(variant, experts, (4,), kw0, dtype, sub, tied=False)

@@ -52,3 +52,22 @@ ZM_FN float zm_fmul(float a, float b) { return __fmul_rn(a, b); }
 ZM_FN float zm_fadd(float a, float b) { return __fadd_rn(a, b); }
 ZM_FN float zm_fexp(float x) { return expf(x); }
 ZM_FN float zm_finf() { return __int_as_float(0x7f800000); }
+
+// ---- quantized GEMV helpers -------------------------------------------------------------------------------
+#define ZM_REF(type) type&
+// One rounding: fma.rn in the operands' type (what MLX's qmv does with __hfma / fmaf).
+ZM_FN float zm_fma(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+ZM_FN __half zm_fma(__half a, __half b, __half c) { return __hfma(a, b, c); }
+ZM_FN __nv_bfloat16 zm_fma(__nv_bfloat16 a, __nv_bfloat16 b, __nv_bfloat16 c) { return __hfma(a, b, c); }
+template <typename U> ZM_FN uint32_t zm_pack2(U lo, U hi) {
+  return uint32_t(*reinterpret_cast<unsigned short*>(&lo)) | (uint32_t(*reinterpret_cast<unsigned short*>(&hi)) << 16);
+}
+// D += A * B on the tensor cores: mma.sync m16n8k16, bf16 in, f32 accumulate (what MLX's qmm_sm80 issues).
+// a0..a3 / b0, b1 / d0..d3 follow PTX's fragment layout for lane `lane` (unused here; the Metal emulation needs it).
+ZM_FN void zm_mma_bf16_16816(float& d0, float& d1, float& d2, float& d3, uint32_t a0, uint32_t a1, uint32_t a2,
+                             uint32_t a3, uint32_t b0, uint32_t b1, unsigned lane) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}

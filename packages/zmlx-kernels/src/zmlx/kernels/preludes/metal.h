@@ -60,3 +60,31 @@ ZM_FN float zm_fmul(float a, float b) { return a * b; }
 ZM_FN float zm_fadd(float a, float b) { return a + b; }
 ZM_FN float zm_fexp(float x) { return metal::exp(x); }
 ZM_FN float zm_finf() { return INFINITY; }
+
+// ---- quantized GEMV helpers -------------------------------------------------------------------------------
+#define ZM_REF(type) thread type&
+template <typename U> ZM_FN U zm_fma(U a, U b, U c) {
+  return static_cast<U>(metal::fma(static_cast<float>(a), static_cast<float>(b), static_cast<float>(c)));
+}
+template <typename U> ZM_FN uint32_t zm_pack2(U lo, U hi) {
+  return uint32_t(as_type<ushort>(lo)) | (uint32_t(as_type<ushort>(hi)) << 16);
+}
+ZM_FN float zm_bf16_bits(uint32_t pair, uint k) { return as_type<float>(k % 2 ? (pair & 0xffff0000u) : (pair << 16)); }
+// Metal has no mma.sync: the same m16n8k16 product with the same fragment layout, summed in float over k.
+// Not bit-identical to a tensor core; gives the same function so the emitted Metal kernel computes the right thing.
+ZM_FN void zm_mma_bf16_16816(thread float& d0, thread float& d1, thread float& d2, thread float& d3,
+                             uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1,
+                             uint lane) {
+  const uint g = lane / 4, c = lane % 4;
+  for (uint k = 0; k < 16; ++k) {
+    const uint src = (k % 8) / 2;
+    const uint alo = simd_shuffle(k < 8 ? a0 : a2, ushort(g * 4 + src));  // A[g][k]
+    const uint ahi = simd_shuffle(k < 8 ? a1 : a3, ushort(g * 4 + src));  // A[g + 8][k]
+    const uint bv0 = simd_shuffle(k < 8 ? b0 : b1, ushort((2 * c) * 4 + src));      // B[k][2c]
+    const uint bv1 = simd_shuffle(k < 8 ? b0 : b1, ushort((2 * c + 1) * 4 + src));  // B[k][2c + 1]
+    const float x0 = zm_bf16_bits(alo, k), x1 = zm_bf16_bits(ahi, k);
+    const float w0 = zm_bf16_bits(bv0, k), w1 = zm_bf16_bits(bv1, k);
+    d0 = metal::fma(x0, w0, d0); d1 = metal::fma(x0, w1, d1);
+    d2 = metal::fma(x1, w0, d2); d3 = metal::fma(x1, w1, d3);
+  }
+}

@@ -15,9 +15,13 @@ from mlx_lm.models.switch_layers import SwitchGLU
 from zmlx import kernels as zk
 
 from ..families import Attr, MoeSite, XDtype
+from ._experts import fused_experts, plan_for
 from ._structure import lookup, missing_modules
 
-SUMMARY = "sparse MoE block: gating (zk routing op per family) and expert combine (zk.moe_combine) fused"
+SUMMARY = (
+    "sparse MoE block: gating (zk routing op per family); at one token the quantized experts run as two fused "
+    "launches (gate+up+activation, down+combine); otherwise expert combine (zk.moe_combine)"
+)
 
 
 def _arg_paths(site: MoeSite) -> list[str]:
@@ -69,8 +73,13 @@ def fused(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
         x = x.reshape(-1, shape[-1])
 
     inds, scores = _route(self, site, x)
-    y = getattr(self, site.experts)(x, mx.stop_gradient(inds))
-    y = zk.moe_combine(y, scores, fp32=site.combine_fp32)
+    experts = getattr(self, site.experts)
+    plan = plan_for(experts) if x.size == x.shape[-1] else None  # one token: the fused expert kernels
+    if plan is not None:
+        y = fused_experts(plan, x, mx.stop_gradient(inds), scores, site.combine_fp32)
+    else:
+        y = experts(x, mx.stop_gradient(inds))
+        y = zk.moe_combine(y, scores, fp32=site.combine_fp32)
 
     if site.shared == "sigmoid_gated":
         shared = self.shared_expert(x)

@@ -7,9 +7,13 @@ import mlx.nn as nn
 from zmlx import kernels as zk
 
 from ..families import DenseSite
+from . import _dense
 from ._structure import missing_modules
 
-SUMMARY = "gated SiLU MLP: silu(gate) * up fused (zk.swiglu); projections unchanged"
+SUMMARY = (
+    "gated SiLU MLP: at one token gate+up projections+silu in one launch (zk.dense_gate_up), else silu(gate) * up "
+    "fused (zk.swiglu)"
+)
 
 _NAMES = {
     "gate_up_down": ("gate_proj", "up_proj", "down_proj"),
@@ -25,10 +29,12 @@ def check(module: nn.Module, site: DenseSite) -> str | None:
 
 
 def fused(self: nn.Module, site: DenseSite, x: mx.array) -> mx.array:
-    if site.layout == "gate_up_down":
-        return self.down_proj(zk.swiglu(self.gate_proj(x), self.up_proj(x)))
-    if site.layout == "w1_w3_w2":  # lfm2: w1 = gate, w3 = up, w2 = down
-        return self.w2(zk.swiglu(self.w1(x), self.w3(x)))
+    if site.layout in ("gate_up_down", "w1_w3_w2"):  # lfm2: w1 = gate, w3 = up, w2 = down
+        gate, up, down = _NAMES[site.layout]
+        plan = _dense.plan_for(self, gate, up) if x.size == x.shape[-1] else None
+        if plan is not None:  # one token: both quantized projections and the activation in one launch
+            return self[down](_dense.gate_up(plan, x, "swiglu"))
+        return self[down](zk.swiglu(self[gate](x), self[up](x)))
     # phi3: one projection, first half gate, second half up (mx.split as the block does)
     gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
     return self.down_proj(zk.swiglu(gate, up))

@@ -1,0 +1,52 @@
+"""The fused quantized projections of a dense gated MLP at decode: ``act(gate(x), up(x))`` in one zk launch.
+
+Only for one token with affine-quantized, bias-free ``gate``/``up`` projections of one format; otherwise the
+pattern keeps the block's projections and fuses just the activation.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+from zmlx import kernels as zk
+
+
+@dataclass(frozen=True)
+class DensePlan:
+    owner: weakref.ref
+    gate: tuple[mx.array, mx.array, mx.array]
+    up: tuple[mx.array, mx.array, mx.array]
+    group_size: int
+    bits: int
+
+
+_PLANS: dict[int, DensePlan | None] = {}
+
+
+def _build(gate: nn.Module, up: nn.Module, owner: nn.Module) -> DensePlan | None:
+    projs = (gate, up)
+    if not all(type(p) is nn.QuantizedLinear for p in projs):
+        return None
+    if any(p.mode != "affine" or p.get("biases") is None or "bias" in p for p in projs):
+        return None
+    if (gate.group_size, gate.bits) != (up.group_size, up.bits):
+        return None
+    quant = [(p["weight"], p["scales"], p["biases"]) for p in projs]
+    return DensePlan(weakref.ref(owner), *quant, gate.group_size, gate.bits)
+
+
+def plan_for(block: nn.Module, gate_name: str, up_name: str) -> DensePlan | None:
+    plan = _PLANS.get(id(block), False)
+    if plan is not False and (plan is None or (plan.owner() is block and plan.gate[0] is block[gate_name]["weight"])):
+        return plan
+    plan = _build(block[gate_name], block[up_name], block)
+    _PLANS[id(block)] = plan
+    return plan
+
+
+def gate_up(plan: DensePlan, x: mx.array, activation: str) -> mx.array:
+    return zk.dense_gate_up(x, plan.gate, plan.up, group_size=plan.group_size, bits=plan.bits,
+                            activation=activation)

@@ -1,0 +1,86 @@
+"""The fused quantized-expert path of ``moe_mlp`` at decode: ``SwitchGLU`` + combine in two zk launches.
+
+Used only for one token (decode) with affine-quantized experts and an activation zk mirrors; anything else keeps
+the block's own ``switch_mlp`` + ``zk.moe_combine``. zk chooses the numerics MLX itself would use for the same
+call (qmv for top-k < 8, the tensor-core tile path for top-k >= 8), so tokens stay identical.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.activations import SwigluOAI
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwiGLU, SwitchGLU
+from zmlx import kernels as zk
+
+
+@dataclass(frozen=True)
+class ExpertPlan:
+    """Everything the two launches need, read once from a SwitchGLU (arrays are references, not copies)."""
+
+    owner: weakref.ref
+    gate: tuple[mx.array, mx.array, mx.array]
+    up: tuple[mx.array, mx.array, mx.array]
+    down: tuple[mx.array, mx.array, mx.array]
+    biases: tuple[mx.array | None, mx.array | None, mx.array | None]
+    group_size: int
+    bits: int
+    activation: str
+    alpha: float = 1.702
+    limit: float = 7.0
+
+
+# id(SwitchGLU) -> plan (or None when it cannot be fused); validated by a weakref and the gate weight's identity
+_PLANS: dict[int, ExpertPlan | None] = {}
+
+
+def _activation(act: nn.Module) -> tuple[str, float, float] | None:
+    if type(act) is SwiGLU:
+        return "swiglu", 1.702, 7.0
+    if type(act) is SwigluOAI:
+        return "swiglu_oai", float(act._alpha), float(act._limit)
+    return None
+
+
+def _build(experts: SwitchGLU) -> ExpertPlan | None:
+    projs = (experts.gate_proj, experts.up_proj, experts.down_proj)
+    if not all(type(p) is QuantizedSwitchLinear for p in projs):
+        return None
+    if any(p.mode != "affine" or p.get("biases") is None or p.global_scale is not None for p in projs):
+        return None
+    if len({(p.group_size, p.bits) for p in projs}) != 1:
+        return None
+    act = _activation(experts.activation)
+    if act is None:
+        return None
+    quant = [(p["weight"], p["scales"], p["biases"]) for p in projs]
+    biases = tuple(p["bias"] if "bias" in p else None for p in projs)
+    if (biases[0] is None) != (biases[1] is None):
+        return None
+    return ExpertPlan(weakref.ref(experts), *quant, biases, projs[0].group_size, projs[0].bits, *act)
+
+
+def plan_for(experts: nn.Module) -> ExpertPlan | None:
+    plan = _PLANS.get(id(experts), False)
+    if plan is not False and (plan is None or (plan.owner() is experts and plan.gate[0] is experts.gate_proj["weight"])):
+        return plan
+    plan = _build(experts) if isinstance(experts, SwitchGLU) else None
+    _PLANS[id(experts)] = plan
+    return plan
+
+
+def forget(experts: nn.Module) -> None:
+    _PLANS.pop(id(experts), None)
+
+
+def fused_experts(plan: ExpertPlan, x: mx.array, inds: mx.array, scores: mx.array, fp32: bool) -> mx.array:
+    """``combine(switch_mlp(x, inds), scores)`` for one token, as ``[..., D]`` like the block's own path."""
+    gb, ub, db = plan.biases
+    h = zk.moe_gate_up(x, inds, plan.gate, plan.up, group_size=plan.group_size, bits=plan.bits,
+                       activation=plan.activation, gate_bias=gb, up_bias=ub, alpha=plan.alpha, limit=plan.limit)
+    y = zk.moe_down_combine(h, inds, plan.down, scores, group_size=plan.group_size, bits=plan.bits, fp32=fp32,
+                            down_bias=db)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
