@@ -5,9 +5,10 @@ the H100 host): greedy-decode N_TOKENS unpatched, patch, decode again, unpatch, 
 unpatched-again tokens must equal the baseline; for MoE families the teacher-forced decode logits (M=1) must also
 be bit-equal patched vs unpatched. One summary line per family for docs/gpu-test-log.md.
 
-Kernel instantiations triggered here (CUDA: each is an NVRTC compile): swiglu bf16, geglu_erf bf16, geglu_tanh
-bf16, moe_combine (bf16, bf16) and (f32, bf16), shared with test_kernels_gpu.py's check cases; plus one routing
-instantiation per MoE family (E=8, k=3, the family's flags: ~11, shared by nothing else). About 11 new, 16 alone.
+Kernel instantiations triggered here (CUDA: each is an NVRTC compile), counted with launch() recorded: about
+21 if this module runs alone -- routing 9 (one per distinct MoE flag set, E=8 k=3; shared with nothing else),
+moe_gate_up 4 + moe_down_combine 3, moe_combine 2, swiglu/geglu 3 -- and about 13 new in a full `pytest -m gpu`.
+Building each model once (was: twice per test, two tests per MoE family) cuts model builds, not compiles.
 """
 
 from __future__ import annotations

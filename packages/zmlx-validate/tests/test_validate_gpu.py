@@ -4,10 +4,11 @@ Run on a Metal or CUDA host with `uv run pytest packages/zmlx-validate/tests -m 
 summary line (the log the issue asks for) and writes its ValidationRecord next to the test's tmp dir.
 
 Each checkpoint is built once per session (``synth_cache``) and loaded once, by its family's single test; the
-CLI patches and unpatches that one model between runs. Kernel instantiations (CUDA: one NVRTC compile each):
-swiglu/geglu_erf/geglu_tanh bf16 and moe_combine (bf16, bf16)/(f32, bf16), shared with test_kernels_gpu.py, plus
-one routing instantiation per MoE family (9; E=16 k=4 except mixtral E=8 k=2, which test_routing_gpu.py shares):
-8 new in a full run, 13 alone. Unchanged by the cut: the 200 tokens x 3 runs are the issue's numbers.
+CLI patches and unpatches that one model between runs. Kernel instantiations (CUDA: one NVRTC compile each),
+counted with launch() recorded: about 18 alone (routing 8, one per MoE flag set at E=16 k=4 or mixtral's E=8
+k=2; moe_gate_up 4, moe_down_combine 4, swiglu, moe_combine), about 9 new in a full `pytest -m gpu` (the rest
+are compiled by test_kernels_gpu.py, test_routing_gpu.py and test_patch_gpu.py first). The 200 tokens x 3 runs
+are the issue's numbers and stay.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ class BenchRow:
     reference_us: float
     fused_spread_us: float
     reference_spread_us: float
+    fused_gbps: float | None = None  # weight bytes read per second by the fused kernels (expert rows only)
 
     @property
     def speedup(self) -> float:
@@ -84,6 +85,44 @@ def routing_free_combine(y: mx.array, scores: mx.array) -> mx.array:
     return (y * scores[..., None]).sum(axis=-2).astype(y.dtype)
 
 
+# Decode-shape expert MLPs of the benchmark models: (name, experts, top k, hidden, intermediate); E=0 is dense.
+EXPERT_SHAPES = (("qwen3-30b-a3b experts", 128, 8, 2048, 768), ("lfm2-8b-a1b experts", 32, 4, 2048, 1792),
+                 ("gpt-oss-20b experts", 32, 4, 2880, 2880), ("llama-3-8b dense MLP", 0, 1, 4096, 14336))
+
+
+def _expert_cases(key: mx.array) -> list[tuple[str, str, float, Callable, Callable]]:
+    from .ops import moe_experts as me
+
+    out = []
+    for name, e, k, d, i in EXPERT_SHAPES:
+        keys = mx.random.split(key, 6)
+        ne = max(e, 1)
+        x = mx.random.normal((1, 1, d), key=keys[0]).astype(mx.bfloat16)
+        q = [mx.quantize((mx.random.normal((ne, n, kk), key=keys[j + 1]) * 0.05).astype(mx.bfloat16), 64, 4)
+             for j, (n, kk) in enumerate(((i, d), (i, d), (d, i)))]
+        bytes_per_expert = sum(w.nbytes + s.nbytes + b.nbytes for w, s, b in q) / ne
+        if e == 0:
+            g, u = [tuple(a[0] for a in qq) for qq in q[:2]]
+            out.append((name, f"[1,{d}]->[1,{i}] gate+up", 2 * bytes_per_expert / 3,
+                        lambda x=x, g=g, u=u: me.dense_gate_up(x, g, u, group_size=64, bits=4),
+                        lambda x=x, g=g, u=u: me.dense_gate_up_reference(x, g, u, group_size=64, bits=4,
+                                                                        activation="swiglu")))
+            continue
+        inds = mx.random.permutation(e, key=keys[4])[:k].astype(mx.uint32)
+        scores = mx.softmax(mx.random.normal((k,), key=keys[5])).astype(mx.bfloat16)
+
+        def fused(x=x, inds=inds, q=q, scores=scores):
+            h = me.moe_gate_up(x, inds, q[0], q[1], group_size=64, bits=4)
+            return me.moe_down_combine(h, inds, q[2], scores, group_size=64, bits=4, fp32=False)
+
+        def ref(x=x, inds=inds, q=q, scores=scores):
+            h = me.moe_gate_up_reference(x, inds, q[0], q[1], group_size=64, bits=4, activation="swiglu")
+            return me.moe_down_combine_reference(h, inds, q[2], scores, group_size=64, bits=4, fp32=False)
+
+        out.append((name, f"E={e} k={k} D={d} I={i}", k * bytes_per_expert, fused, ref))
+    return out
+
+
 def run(ms: tuple[int, ...] = (1, 512), chain: int = 50, reps: int = 15, seed: int = 0) -> list[BenchRow]:
     if gpu_backend() is None:
         raise RuntimeError("the kernel microbenchmark needs a Metal or CUDA GPU; MLX has neither here")
@@ -94,13 +133,18 @@ def run(ms: tuple[int, ...] = (1, 512), chain: int = 50, reps: int = 15, seed: i
                 f_med, f_spread = _time(fused, chain, reps)
                 r_med, r_spread = _time(ref, chain, reps)
                 rows.append(BenchRow(op, shape.replace("M", str(m)), m, f_med, r_med, f_spread, r_spread))
+        for op, shape, nbytes, fused, ref in _expert_cases(mx.random.key(seed)):
+            f_med, f_spread = _time(fused, chain, reps)
+            r_med, r_spread = _time(ref, chain, reps)
+            rows.append(BenchRow(op, shape, 1, f_med, r_med, f_spread, r_spread, nbytes / f_med / 1e3))
     return rows
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    head = "| op | shape | fused us | reference us | speedup |\n|---|---|---|---|---|\n"
+    head = "| op | shape | fused us | reference us | speedup | fused GB/s |\n|---|---|---|---|---|---|\n"
     return head + "".join(
         f"| {r.op} | {r.shape} | {r.fused_us:.1f} (±{r.fused_spread_us / 2:.1f}) | "
-        f"{r.reference_us:.1f} (±{r.reference_spread_us / 2:.1f}) | {r.speedup:.2f}x |\n"
+        f"{r.reference_us:.1f} (±{r.reference_spread_us / 2:.1f}) | {r.speedup:.2f}x | "
+        f"{'' if r.fused_gbps is None else f'{r.fused_gbps:.0f}'} |\n"
         for r in rows
     )
