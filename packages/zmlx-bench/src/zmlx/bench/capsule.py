@@ -76,6 +76,9 @@ class Methodology(Base, kw_only=True):
     decoding: str = "greedy"
     seed: int
     max_fused_tokens: Annotated[int, _doc("the patch's sequence-length guard: fused path for M <= this")]
+    fuse_projections: Annotated[
+        bool, _doc("patch(fuse_projections=...): quantized projections fused at decode")
+    ] = False
     patterns: Annotated[
         list[str] | None, _doc("--patterns as given (None: the patch's defaults for each family)")
     ] = None

@@ -83,7 +83,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         capsule = run_models(
             args.models, runs=args.runs, max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens,
-            warmup=args.warmup, seed=args.seed, max_fused_tokens=args.max_fused_tokens, patterns=patterns,
+            warmup=args.warmup, seed=args.seed, max_fused_tokens=args.max_fused_tokens,
+            fuse_projections=args.fuse_projections, patterns=patterns,
             exclude=exclude, cache_dir=args.cache_dir, resamples=args.resamples, kernels=args.kernels,
             command=["zmlx-bench", *args.argv], quiet=args.quiet,
         )
@@ -189,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seeds the prompt and the bootstrap (default 0)")
     r.add_argument("--max-fused-tokens", type=_nonneg, default=32,
                    help="fused path only for M <= this many tokens (default 32)")
+    r.add_argument("--fuse-projections", action="store_true",
+                   help="also fuse the quantized projections at decode (patch(fuse_projections=True))")
     r.add_argument("--out", "-o", metavar="PATH",
                    help="capsule file, or a directory to name it in (YYYYMMDD_device_models.json); "
                         "default: that name in the current directory")

@@ -113,6 +113,7 @@ def run_models(
     warmup: int = 1,
     seed: int = 0,
     max_fused_tokens: int = 32,
+    fuse_projections: bool = False,
     patterns: list[str] | None = None,
     exclude: Sequence[str] = (),
     cache_dir: str | None = None,
@@ -128,7 +129,7 @@ def run_models(
     progress = _Progress(quiet)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
     env = collect_environment()
-    patch_kwargs: dict[str, Any] = {"max_fused_tokens": max_fused_tokens}
+    patch_kwargs: dict[str, Any] = {"max_fused_tokens": max_fused_tokens, "fuse_projections": fuse_projections}
     if patterns is not None:
         patch_kwargs["patterns"] = list(patterns)
     if exclude:
@@ -191,6 +192,7 @@ def run_models(
             runs=runs,
             seed=seed,
             max_fused_tokens=max_fused_tokens,
+            fuse_projections=fuse_projections,
             patterns=None if patterns is None else list(patterns),
             exclude=list(exclude),
             prompt=f"{prompt_tokens} tokens of seeded random plain words (zmlx.bench.run.synth_prompt_ids, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -82,11 +83,15 @@ def patch(
     exclude: str | Iterable[str] = (),
     max_fused_tokens: int = 32,
     verbose: bool = True,
+    fuse_projections: bool = False,
 ) -> PatchResult:
     """Swap the model's matching blocks for fused versions; no weights change.
 
     ``patterns`` overrides the family's defaults (and its exclusions, with a warning); ``exclude`` removes
     patterns; the fused path runs only when a block sees at most ``max_fused_tokens`` tokens.
+    ``fuse_projections`` also fuses the quantized projections at one token (decode): the experts of an MoE block
+    become two launches (gate+up+activation, down+combine) and a dense MLP's gate+up one launch, each with the
+    numerics MLX itself uses for that call. Off by default until its speed is shown per family (perf-notes).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch() needs an mlx.nn.Module, got {type(model).__name__}")
@@ -130,6 +135,8 @@ def patch(
         if reason:
             result.skipped.append((path, f"{name}: {reason}"))
             continue
+        if fuse_projections and hasattr(site, "fuse_projections"):
+            site = dataclasses.replace(site, fuse_projections=True)
         _swap.swap(module, _swap.patched_class(type(module), name, max_fused_tokens, site, pattern.fused))
         counts[name] = counts.get(name, 0) + 1
 

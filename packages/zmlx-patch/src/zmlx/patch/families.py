@@ -35,6 +35,8 @@ class DenseSite:
     block: str
     layout: Layout
     activation: Activation
+    # set by patch(fuse_projections=True): at one token, gate+up quantized projections + activation in one launch
+    fuse_projections: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class MoeSite:
     combine_fp32: bool = False
     # the block routes ``x.reshape(-1, D)`` and reshapes the result back (olmoe)
     flatten_tokens: bool = False
+    # set by patch(fuse_projections=True): at one token, the quantized experts run as two fused launches
+    fuse_projections: bool = False
 
 
 @dataclass(frozen=True)

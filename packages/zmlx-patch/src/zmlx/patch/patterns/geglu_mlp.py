@@ -23,7 +23,8 @@ def check(module: nn.Module, site: DenseSite) -> str | None:
 
 def fused(self: nn.Module, site: DenseSite, x: mx.array) -> mx.array:
     approximate = site.activation == "gelu_approx"
-    plan = _dense.plan_for(self, "gate_proj", "up_proj") if x.size == x.shape[-1] else None
+    one = site.fuse_projections and x.size == x.shape[-1]
+    plan = _dense.plan_for(self, "gate_proj", "up_proj") if one else None
     if plan is not None:  # one token: both quantized projections and the GELU product in one launch
         return self.down_proj(_dense.gate_up(plan, x, "geglu_tanh" if approximate else "geglu_erf"))
     return self.down_proj(zk.geglu(self.gate_proj(x), self.up_proj(x), approximate=approximate))

@@ -74,7 +74,7 @@ def fused(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
 
     inds, scores = _route(self, site, x)
     experts = getattr(self, site.experts)
-    plan = plan_for(experts) if x.size == x.shape[-1] else None  # one token: the fused expert kernels
+    plan = plan_for(experts) if site.fuse_projections and x.size == x.shape[-1] else None  # one token
     if plan is not None:
         y = fused_experts(plan, x, mx.stop_gradient(inds), scores, site.combine_fp32)
     else:

@@ -31,7 +31,7 @@ def check(module: nn.Module, site: DenseSite) -> str | None:
 def fused(self: nn.Module, site: DenseSite, x: mx.array) -> mx.array:
     if site.layout in ("gate_up_down", "w1_w3_w2"):  # lfm2: w1 = gate, w3 = up, w2 = down
         gate, up, down = _NAMES[site.layout]
-        plan = _dense.plan_for(self, gate, up) if x.size == x.shape[-1] else None
+        plan = _dense.plan_for(self, gate, up) if site.fuse_projections and x.size == x.shape[-1] else None
         if plan is not None:  # one token: both quantized projections and the activation in one launch
             return self[down](_dense.gate_up(plan, x, "swiglu"))
         return self[down](zk.swiglu(self[gate](x), self[up](x)))

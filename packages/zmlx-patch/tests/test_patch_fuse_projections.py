@@ -1,0 +1,43 @@
+"""patch(fuse_projections=True): quantized projections fused at one token; off by default; exact on the CPU."""
+
+import mlx.core as mx
+import pytest
+import zmlx.kernels as zk
+import zmlx_patch_tiny as tiny
+from zmlx.patch import patch, unpatch
+
+FAMILIES = ["qwen3_moe", "gpt_oss", "mixtral", "lfm2_moe", "llama", "gemma2"]
+
+
+def _spy(monkeypatch):
+    calls = {"moe_gate_up": 0, "dense_gate_up": 0}
+    for name in calls:
+        real = getattr(zk, name)
+
+        def spy(*a, _real=real, _name=name, **kw):
+            calls[_name] += 1
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(zk, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fused_projections_exact_and_only_when_asked(family, monkeypatch):
+    model = tiny.build(family, quantized=True)
+    one, many = tiny.tokens(1), tiny.tokens(5)
+    want_one, want_many = model(one), model(many)
+    calls = _spy(monkeypatch)
+
+    patch(model, verbose=False)
+    assert mx.array_equal(model(one), want_one).item()
+    assert sum(calls.values()) == 0, "fused projections must be off by default"
+    unpatch(model)
+
+    patch(model, verbose=False, fuse_projections=True)
+    assert mx.array_equal(model(one), want_one).item()
+    n_one = sum(calls.values())
+    assert n_one > 0, "one token must take the fused projections"
+    assert mx.array_equal(model(many), want_many).item()
+    assert sum(calls.values()) == n_one, "more than one token must keep the block's own projections"
+    unpatch(model)
