@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chain", type=int, default=50, help="independent calls per timed graph")
     ap.add_argument("--reps", type=int, default=15, help="timed repetitions (median reported)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--experts-only", action="store_true", help="only the decode-shape expert MLPs")
     args = ap.parse_args(argv)
     if gpu_backend() is None:
         print("error: no GPU here (MLX has neither Metal nor CUDA); nothing to time", file=sys.stderr)
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# zmlx kernel microbenchmark, {datetime.date.today()}, {info.get('device_name', '?')} "
           f"({gpu_backend()}), mlx {mx.__version__}, python {platform.python_version()}")
     print(f"# median per call over {args.reps} reps of {args.chain} chained calls; ± is half the range\n")
-    print(microbench.format_table(microbench.run(chain=args.chain, reps=args.reps, seed=args.seed)))
+    print(microbench.format_table(microbench.run(chain=args.chain, reps=args.reps, seed=args.seed, experts_only=args.experts_only)))
     return 0
 
 

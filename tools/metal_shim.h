@@ -69,3 +69,5 @@ template <typename To, typename From> To as_type(From f) {
   __builtin_memcpy(&t, &f, sizeof(To) < sizeof(From) ? sizeof(To) : sizeof(From));
   return t;
 }
+struct uint4 { uint x, y, z, w; };
+inline void simdgroup_barrier(int) {}

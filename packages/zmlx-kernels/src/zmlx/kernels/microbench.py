@@ -123,12 +123,13 @@ def _expert_cases(key: mx.array) -> list[tuple[str, str, float, Callable, Callab
     return out
 
 
-def run(ms: tuple[int, ...] = (1, 512), chain: int = 50, reps: int = 15, seed: int = 0) -> list[BenchRow]:
+def run(ms: tuple[int, ...] = (1, 512), chain: int = 50, reps: int = 15, seed: int = 0,
+        experts_only: bool = False) -> list[BenchRow]:
     if gpu_backend() is None:
         raise RuntimeError("the kernel microbenchmark needs a Metal or CUDA GPU; MLX has neither here")
     rows = []
     with mx.stream(mx.gpu):
-        for m in ms:
+        for m in () if experts_only else ms:
             for op, shape, fused, ref in _cases(m, mx.random.key(seed)):
                 f_med, f_spread = _time(fused, chain, reps)
                 r_med, r_spread = _time(ref, chain, reps)

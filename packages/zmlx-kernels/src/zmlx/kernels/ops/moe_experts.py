@@ -150,7 +150,8 @@ def moe_down_combine(h: mx.array, indices: mx.array, down: Quant, scores: mx.arr
     n, kdim = down[0].shape[-2], h.shape[-1]
     numerics = mlx_numerics(k, n, kdim, group_size, bits)
     p = _promote(h.dtype, scores.dtype)
-    if target != "cuda" or numerics is None or h.shape[0] != k or not _fusable(h, (down,)) or k > 32:
+    # k <= 16: the mma kernel stages k x 2 KB of weights in static shared memory
+    if target != "cuda" or numerics is None or h.shape[0] != k or not _fusable(h, (down,)) or k > 16:
         return moe_down_combine_reference(h, indices, down, scores, group_size=group_size, bits=bits, fp32=fp32,
                                           down_bias=down_bias)
     out_dtype = h.dtype if fp32 else p

@@ -69,36 +69,58 @@ _GATE_UP_QMV = """\
 """
 
 _GATE_UP_MMA = """\
-  // grid: x = tiles of (warps per block) x 8 rows, y = expert slot l. One warp per 8 rows; gate and up chains.
-  const int N = w_gate_shape[w_gate_ndim - 2];  // [E, N, KW] experts, or [N, KW] for a dense layer
+  // grid: x = tiles of 4 warps x 8 rows, y = expert slot l. One warp per 8 rows; gate and up chains.
+  // Weights are staged per warp through shared memory, CW words per row at a time, with 16-byte loads issued
+  // together (the MMA chain itself is sequential over k, so memory parallelism has to come from the staging).
+  constexpr int WARPS = 4;
+  constexpr int CW = 64;  // words per row per chunk (512 k at 4 bits)
+  constexpr int PER = 32 / BITS;
+  ZM_SHARED uint32_t sw[WARPS][2][8][CW];
+  const int N = w_gate_shape[w_gate_ndim - 2];
   const int KW = w_gate_shape[w_gate_ndim - 1];
-  const int K = KW * (32 / BITS);
+  const int K = KW * PER;
   const int G = K / GS;
   const int l = int(zm_bid_y);
-  const int n0 = (int(zm_bid) * int(zm_bdim / 32u) + int(zm_warp)) * 8;
-  if (n0 >= N) return;  // warp-uniform
+  const int warp = int(zm_warp);
+  const int n0 = (int(zm_bid) * WARPS + warp) * 8;
+  if (n0 >= N) return;  // warp-uniform; no block barrier below
   const int g8 = int(zm_lane) / 4, c = int(zm_lane) % 4;
   const uint32_t e = inds[l];
-  const size_t row = size_t(e) * size_t(N) + size_t(n0 + g8);  // this lane's B column = weight row n0 + g8
-  const auto wg = w_gate + row * size_t(KW);
-  const auto wu = w_up + row * size_t(KW);
+  const size_t row0 = size_t(e) * size_t(N) + size_t(n0);
+  const size_t row = row0 + size_t(g8);  // this lane's B column = weight row n0 + g8
   const auto xr = x + size_t(X_PER_EXPERT ? l : 0) * size_t(K);
   float dg0 = 0.0f, dg1 = 0.0f, dg2 = 0.0f, dg3 = 0.0f, du0 = 0.0f, du1 = 0.0f, du2 = 0.0f, du3 = 0.0f;
-#pragma unroll 4
-  for (int kb = 0; kb < K; kb += 16) {
-    const int grp = kb / GS;
-    const T sg = s_gate[row * G + grp], bg = b_gate[row * G + grp];
-    const T su = s_up[row * G + grp], bu = b_up[row * G + grp];
-    const int k0 = kb + 2 * c, k1 = kb + 2 * c + 8;
-    const uint32_t bg0 = zm_pack2(zm_fma(T(float(ZM_Q(wg, k0))), sg, bg), zm_fma(T(float(ZM_Q(wg, k0 + 1))), sg, bg));
-    const uint32_t bg1 = zm_pack2(zm_fma(T(float(ZM_Q(wg, k1))), sg, bg), zm_fma(T(float(ZM_Q(wg, k1 + 1))), sg, bg));
-    const uint32_t bu0 = zm_pack2(zm_fma(T(float(ZM_Q(wu, k0))), su, bu), zm_fma(T(float(ZM_Q(wu, k0 + 1))), su, bu));
-    const uint32_t bu1 = zm_pack2(zm_fma(T(float(ZM_Q(wu, k1))), su, bu), zm_fma(T(float(ZM_Q(wu, k1 + 1))), su, bu));
-    // A: row 0 is x (lanes 0-3 hold it), rows 1..15 are zero
-    const uint32_t a0 = g8 == 0 ? zm_pack2(xr[k0], xr[k0 + 1]) : 0u;
-    const uint32_t a2 = g8 == 0 ? zm_pack2(xr[k1], xr[k1 + 1]) : 0u;
-    zm_mma_bf16_16816(dg0, dg1, dg2, dg3, a0, 0u, a2, 0u, bg0, bg1, zm_lane);
-    zm_mma_bf16_16816(du0, du1, du2, du3, a0, 0u, a2, 0u, bu0, bu1, zm_lane);
+  for (int cw0 = 0; cw0 < KW; cw0 += CW) {
+    const int cw = KW - cw0 < CW ? KW - cw0 : CW;  // a multiple of 8 words (K % 64 == 0)
+    const int vecs = 8 * (cw / 4);                 // 16-byte vectors per matrix in this chunk
+    ZM_WARP_SYNC();
+    for (int v = int(zm_lane); v < vecs; v += 32) {
+      const int r = v / (cw / 4), q = (v % (cw / 4)) * 4;
+      const uint4 a = zm_load16(w_gate + (row0 + r) * size_t(KW) + cw0 + q);
+      const uint4 b = zm_load16(w_up + (row0 + r) * size_t(KW) + cw0 + q);
+      sw[warp][0][r][q] = a.x; sw[warp][0][r][q + 1] = a.y; sw[warp][0][r][q + 2] = a.z; sw[warp][0][r][q + 3] = a.w;
+      sw[warp][1][r][q] = b.x; sw[warp][1][r][q + 1] = b.y; sw[warp][1][r][q + 2] = b.z; sw[warp][1][r][q + 3] = b.w;
+    }
+    ZM_WARP_SYNC();
+    const auto wg = &sw[warp][0][g8][0];
+    const auto wu = &sw[warp][1][g8][0];
+    const int kbase = cw0 * PER;
+    for (int kb = 0; kb < cw * PER; kb += 16) {
+      const int grp = (kbase + kb) / GS;
+      const T sg = s_gate[row * G + grp], bg = b_gate[row * G + grp];
+      const T su = s_up[row * G + grp], bu = b_up[row * G + grp];
+      const int k0 = kb + 2 * c, k1 = kb + 2 * c + 8;  // within the chunk
+      const uint32_t bg0 = zm_pack2(zm_fma(T(float(ZM_Q(wg, k0))), sg, bg), zm_fma(T(float(ZM_Q(wg, k0 + 1))), sg, bg));
+      const uint32_t bg1 = zm_pack2(zm_fma(T(float(ZM_Q(wg, k1))), sg, bg), zm_fma(T(float(ZM_Q(wg, k1 + 1))), sg, bg));
+      const uint32_t bu0 = zm_pack2(zm_fma(T(float(ZM_Q(wu, k0))), su, bu), zm_fma(T(float(ZM_Q(wu, k0 + 1))), su, bu));
+      const uint32_t bu1 = zm_pack2(zm_fma(T(float(ZM_Q(wu, k1))), su, bu), zm_fma(T(float(ZM_Q(wu, k1 + 1))), su, bu));
+      // A: row 0 is x (lanes 0-3 hold it), rows 1..15 are zero
+      const int xk0 = kbase + k0, xk1 = kbase + k1;
+      const uint32_t a0 = g8 == 0 ? zm_pack2(xr[xk0], xr[xk0 + 1]) : 0u;
+      const uint32_t a2 = g8 == 0 ? zm_pack2(xr[xk1], xr[xk1 + 1]) : 0u;
+      zm_mma_bf16_16816(dg0, dg1, dg2, dg3, a0, 0u, a2, 0u, bg0, bg1, zm_lane);
+      zm_mma_bf16_16816(du0, du1, du2, du3, a0, 0u, a2, 0u, bu0, bu1, zm_lane);
+    }
   }
   if (g8 != 0) return;  // row 0 of D lives in lanes 0-3: columns 2c and 2c + 1
   for (int r = 0; r < 2; ++r) {
@@ -114,8 +136,8 @@ _GATE_UP_MMA = """\
 
 _DOWN_QMV = """\
   // one block per output row d; warp l computes expert slot l's down row, then thread 0 combines in slot order.
-  const int N = w_down_shape[1];
-  const int KW = w_down_shape[2];
+  const int N = w_down_shape[w_down_ndim - 2];
+  const int KW = w_down_shape[w_down_ndim - 1];
   const int K = KW * (32 / BITS);
   const int G = K / GS;
   const int d = int(zm_bid);
@@ -150,31 +172,48 @@ _DOWN_QMV = """\
 """
 
 _DOWN_MMA = """\
-  // one block per 8 output rows; warp l computes expert slot l's 8 down rows, then 8 threads combine.
-  const int N = w_down_shape[1];
-  const int KW = w_down_shape[2];
-  const int K = KW * (32 / BITS);
+  // one block per 8 output rows; warp l computes expert slot l's 8 down rows (weights staged through shared
+  // memory as in the gate/up kernel), then 8 threads combine in slot order.
+  constexpr int CW = 64;
+  constexpr int PER = 32 / BITS;
+  ZM_SHARED uint32_t sw[KTOP][8][CW];
+  ZM_SHARED float ys[KTOP * 8];
+  const int N = w_down_shape[w_down_ndim - 2];
+  const int KW = w_down_shape[w_down_ndim - 1];
+  const int K = KW * PER;
   const int G = K / GS;
   const int n0 = int(zm_bid) * 8;
   const int l = int(zm_warp);
   const int g8 = int(zm_lane) / 4, c = int(zm_lane) % 4;
-  ZM_SHARED float ys[KTOP * 8];
   if (n0 < N && l < KTOP) {
     const uint32_t e = inds[l];
-    const size_t row = size_t(e) * size_t(N) + size_t(n0 + g8);
-    const auto wd = w_down + row * size_t(KW);
+    const size_t row0 = size_t(e) * size_t(N) + size_t(n0);
+    const size_t row = row0 + size_t(g8);
     const auto hr = h + size_t(l) * size_t(K);
     float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
-#pragma unroll 4
-    for (int kb = 0; kb < K; kb += 16) {
-      const int grp = kb / GS;
-      const T sd = s_down[row * G + grp], bd = b_down[row * G + grp];
-      const int k0 = kb + 2 * c, k1 = kb + 2 * c + 8;
-      const uint32_t b0 = zm_pack2(zm_fma(T(float(ZM_Q(wd, k0))), sd, bd), zm_fma(T(float(ZM_Q(wd, k0 + 1))), sd, bd));
-      const uint32_t b1 = zm_pack2(zm_fma(T(float(ZM_Q(wd, k1))), sd, bd), zm_fma(T(float(ZM_Q(wd, k1 + 1))), sd, bd));
-      const uint32_t a0 = g8 == 0 ? zm_pack2(hr[k0], hr[k0 + 1]) : 0u;
-      const uint32_t a2 = g8 == 0 ? zm_pack2(hr[k1], hr[k1 + 1]) : 0u;
-      zm_mma_bf16_16816(d0, d1, d2, d3, a0, 0u, a2, 0u, b0, b1, zm_lane);
+    for (int cw0 = 0; cw0 < KW; cw0 += CW) {
+      const int cw = KW - cw0 < CW ? KW - cw0 : CW;
+      const int vecs = 8 * (cw / 4);
+      ZM_WARP_SYNC();
+      for (int v = int(zm_lane); v < vecs; v += 32) {
+        const int r = v / (cw / 4), q = (v % (cw / 4)) * 4;
+        const uint4 a = zm_load16(w_down + (row0 + r) * size_t(KW) + cw0 + q);
+        sw[l][r][q] = a.x; sw[l][r][q + 1] = a.y; sw[l][r][q + 2] = a.z; sw[l][r][q + 3] = a.w;
+      }
+      ZM_WARP_SYNC();
+      const auto wd = &sw[l][g8][0];
+      const int kbase = cw0 * PER;
+      for (int kb = 0; kb < cw * PER; kb += 16) {
+        const int grp = (kbase + kb) / GS;
+        const T sd = s_down[row * G + grp], bd = b_down[row * G + grp];
+        const int k0 = kb + 2 * c, k1 = kb + 2 * c + 8;
+        const uint32_t b0 = zm_pack2(zm_fma(T(float(ZM_Q(wd, k0))), sd, bd), zm_fma(T(float(ZM_Q(wd, k0 + 1))), sd, bd));
+        const uint32_t b1 = zm_pack2(zm_fma(T(float(ZM_Q(wd, k1))), sd, bd), zm_fma(T(float(ZM_Q(wd, k1 + 1))), sd, bd));
+        const int xk0 = kbase + k0, xk1 = kbase + k1;
+        const uint32_t a0 = g8 == 0 ? zm_pack2(hr[xk0], hr[xk0 + 1]) : 0u;
+        const uint32_t a2 = g8 == 0 ? zm_pack2(hr[xk1], hr[xk1 + 1]) : 0u;
+        zm_mma_bf16_16816(d0, d1, d2, d3, a0, 0u, a2, 0u, b0, b1, zm_lane);
+      }
     }
     if (g8 == 0) {
       for (int r = 0; r < 2; ++r) {

@@ -6,6 +6,7 @@
 #define ZM_FN __device__ __forceinline__
 #define ZM_SHARED __shared__
 #define ZM_BARRIER() __syncthreads()
+#define ZM_WARP_SYNC() __syncwarp()
 #define ZM_SIMD_WIDTH 32
 
 // Warp (simdgroup) collectives. Call them from warp-uniform control flow only.
@@ -71,3 +72,5 @@ ZM_FN void zm_mma_bf16_16816(float& d0, float& d1, float& d2, float& d3, uint32_
       : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+// 16 bytes from global memory in one load (p must be 16-byte aligned).
+template <typename U> ZM_FN uint4 zm_load16(const U* p) { return *reinterpret_cast<const uint4*>(p); }

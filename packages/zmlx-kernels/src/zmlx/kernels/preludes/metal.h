@@ -3,6 +3,7 @@
 #define ZM_FN inline
 #define ZM_SHARED threadgroup
 #define ZM_BARRIER() threadgroup_barrier(mem_flags::mem_threadgroup)
+#define ZM_WARP_SYNC() simdgroup_barrier(mem_flags::mem_threadgroup)
 #define ZM_SIMD_WIDTH 32
 
 template <typename U> ZM_FN U zm_simd_sum(U x) { return simd_sum(x); }
@@ -88,3 +89,4 @@ ZM_FN void zm_mma_bf16_16816(thread float& d0, thread float& d1, thread float& d
     d2 = metal::fma(x1, w0, d2); d3 = metal::fma(x1, w1, d3);
   }
 }
+template <typename U> ZM_FN uint4 zm_load16(const device U* p) { return *reinterpret_cast<const device uint4*>(p); }
