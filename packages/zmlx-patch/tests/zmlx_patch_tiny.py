@@ -15,9 +15,9 @@ from mlx_lm.utils import _get_classes, quantize_model
 # 128, not 64: MLX CUDA sends K <= group_size (64) quantized matmuls to its qmm_sm90 JIT path, which fails on
 # the H100 host (see docs/perf-notes.md); real checkpoints never have K <= 64.
 D, V = 128, 256
-_ATTN = dict(hidden_size=D, num_attention_heads=2, num_key_value_heads=1, head_dim=32, rms_norm_eps=1e-5,
+_ATTN = dict(hidden_size=D, num_attention_heads=4, num_key_value_heads=1, head_dim=32, rms_norm_eps=1e-5,
              vocab_size=V, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=False)
-_QWEN_LINEAR = dict(linear_num_value_heads=2, linear_num_key_heads=1, linear_key_head_dim=32,
+_QWEN_LINEAR = dict(linear_num_value_heads=4, linear_num_key_heads=1, linear_key_head_dim=32,
                     linear_value_head_dim=32, linear_conv_kernel_dim=4, full_attention_interval=2)
 
 # per family: config, and the expected module counts per default pattern

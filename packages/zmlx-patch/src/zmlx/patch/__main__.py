@@ -15,7 +15,8 @@ def support_matrix() -> list[str]:
     lines = [f"{'model_type':<14} {'default patterns':<24} {'opt-in / excluded':<28} notes"]
     for name, fam in FAMILIES.items():
         on = [p for p in DEFAULT_PATTERNS if p in fam.sites and p not in fam.excluded]
-        off = [f"{p} (opt-in)" for p in fam.opt_in] + [f"{p} (excluded)" for p in fam.excluded]
+        off = ([f"{p} (opt-in)" for p in fam.opt_in] + [f"{p} (excluded)" for p in fam.excluded]
+               + [f"{p} (off on CUDA)" for p in fam.slow_on_cuda])
         notes = []
         moe = next((s for s in fam.sites.get("moe_mlp", ()) if isinstance(s, MoeSite)), None)
         if moe is not None:
@@ -24,6 +25,7 @@ def support_matrix() -> list[str]:
             notes.append(f"also: {', '.join(fam.aliases)}")
         lines.append(f"{name:<14} {', '.join(on) or '-':<24} {', '.join(off) or '-':<28} {'; '.join(notes)}")
     reasons = {r for fam in FAMILIES.values() for r in (*fam.opt_in.values(), *fam.excluded.values())}
+    reasons |= {f"{name} {p} off on CUDA: {r}" for name, fam in FAMILIES.items() for p, r in fam.slow_on_cuda.items()}
     if not any(fam.excluded for fam in FAMILIES.values()):
         lines.append("")
         lines.append("excluded for fidelity: none (no measured break yet; exclusions need a failing GPU run)")

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import mlx.nn as nn
+from zmlx.kernels.backend import gpu_backend
 
 from . import _swap
 from .families import resolve_class
@@ -66,6 +67,9 @@ def _select(family: FamilySpec, patterns: list[str] | None, exclude: list[str], 
         chosen = [p for p in DEFAULT_PATTERNS if p not in family.excluded]
         result.not_applied.update(family.excluded)
         result.not_applied.update(family.opt_in)
+        if family.slow_on_cuda and gpu_backend() == "cuda":
+            chosen = [p for p in chosen if p not in family.slow_on_cuda]
+            result.not_applied.update({p: f"slower on CUDA: {r}" for p, r in family.slow_on_cuda.items()})
     else:
         chosen = list(dict.fromkeys(patterns))
         for p in chosen:

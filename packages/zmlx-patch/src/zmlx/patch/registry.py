@@ -31,9 +31,18 @@ class FamilySpec:
     # pattern -> why it is available but not applied unless asked for
     opt_in: dict[str, str] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    # pattern -> why it is off by default on MLX's CUDA backend (a capsule shows it slower there)
+    slow_on_cuda: dict[str, str] = field(default_factory=dict)
 
     def default_patterns(self) -> list[str]:
         return [p for p in DEFAULT_PATTERNS if p in self.sites and p not in self.excluded and p not in self.opt_in]
+
+
+# Measured perf exclusions on CUDA (H100, MLX 0.32.4); each names the capsule that shows it.
+SLOW_ON_CUDA: dict[str, dict[str, str]] = {
+    "gpt_oss": {"moe_mlp": "decode x0.71 (median of 5 runs) on an H100: capsules/20261126_h100_gpt-oss-20b_llama-3-8b.json; "
+                           "a custom-kernel launch costs MLX CUDA more host time than the few ops it replaces"},
+}
 
 
 def _family(model_type: str, sites_from: str | None = None, aliases: tuple[str, ...] = ()) -> FamilySpec:
@@ -52,7 +61,8 @@ def _family(model_type: str, sites_from: str | None = None, aliases: tuple[str, 
     if key in RESIDUAL:
         sites["residual_norm"] = RESIDUAL[key]
         opt_in["residual_norm"] = RESIDUAL_NORM_OPT_IN
-    return FamilySpec(model_type, sites, opt_in=opt_in, aliases=aliases)
+    return FamilySpec(model_type, sites, opt_in=opt_in, aliases=aliases,
+                      slow_on_cuda=SLOW_ON_CUDA.get(model_type, {}))
 
 
 FAMILIES: dict[str, FamilySpec] = {

@@ -13,6 +13,9 @@ from .fidelity import FidelityResult, PatchInfo, run_fidelity
 from .loading import LoadError, load_model
 from .prompt import DEFAULT_PROMPT, encode_prompt
 from .record import (
+    FAIL,
+    PASS,
+    UNSTABLE,
     Bisection,
     Divergence,
     Fidelity,
@@ -20,11 +23,12 @@ from .record import (
     RunStats,
     SideResult,
     ValidationRecord,
+    verdict_of,
     write_json_atomic,
 )
 
 __all__ = [
-    "DEFAULT_PROMPT", "Bisection", "Divergence", "Fidelity", "FidelityResult", "LoadError", "PatchInfo",
-    "RunMatch", "RunStats", "SideResult", "ValidationRecord", "encode_prompt", "load_model", "run_fidelity",
-    "write_json_atomic",
+    "DEFAULT_PROMPT", "FAIL", "PASS", "UNSTABLE", "Bisection", "Divergence", "Fidelity", "FidelityResult",
+    "LoadError", "PatchInfo", "RunMatch", "RunStats", "SideResult", "ValidationRecord", "encode_prompt",
+    "load_model", "run_fidelity", "verdict_of", "write_json_atomic",
 ]

@@ -1,6 +1,7 @@
 """zmlx-validate: is a zmlx-patched model token-identical to stock mlx-lm? (also ``python -m zmlx.validate``)
 
-Exit status: 0 PASS, 1 FAIL, 2 usage or load error (one line on stderr, no traceback).
+Exit status: 0 PASS, 1 FAIL, 2 usage or load error (one line on stderr, no traceback), 3 UNSTABLE (the stock model
+is not deterministic on this machine, so no token comparison can pass).
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from typing import Any
 
 from .prompt import DEFAULT_PROMPT
 
-EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_UNSTABLE = 0, 1, 2, 3
+EPILOG = ("exit status: 0 PASS; 1 FAIL (a patched run's tokens differ from the baseline's); 2 usage or load error; "
+          "3 UNSTABLE (the stock model is not deterministic here: its own runs differ, so no token comparison can "
+          "pass; on CUDA, MLX's cuDNN attention is the known cause and MLX_CUDA_USE_CUDNN_SDPA=0, an MLX setting, "
+          "makes it deterministic)")
 
 
 class UsageError(Exception):
@@ -30,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zmlx-validate",
         description="Greedy-decode a model unpatched and zmlx-patched, alternating runs, and compare every token.",
+        epilog=EPILOG,
     )
     p.add_argument("model", nargs="?", default=None, metavar="MODEL",
                    help="local mlx-lm folder, Hugging Face id, or synthetic:NAME "
@@ -148,8 +154,8 @@ def validate(args: argparse.Namespace, out: Any) -> int:
     from .fidelity import default_patch_fns, run_fidelity
     from .loading import load_model
     from .prompt import encode_prompt
-    from .record import ValidationRecord, write_json_atomic
-    from .report import environment, print_report
+    from .record import PASS, UNSTABLE, ValidationRecord, write_json_atomic
+    from .report import environment, mlx_env_vars, print_report
 
     patch_fn, unpatch_fn = args.patch_fns if getattr(args, "patch_fns", None) else default_patch_fns()
     mx.random.seed(args.seed)
@@ -176,8 +182,10 @@ def validate(args: argparse.Namespace, out: Any) -> int:
         bisection = bisect(model, prompt_ids=prompt_ids, reference=result.baseline_tokens[0], info=result.patch,
                            patch_kwargs=patch_kwargs, patch_fn=patch_fn, unpatch_fn=unpatch_fn,
                            prefill_step_size=args.prefill_step_size)
+    env, mlx_env = environment(), mlx_env_vars()
     print_report(out, name=name, result=result, tokenizer=tokenizer, max_tokens=args.max_tokens,
-                 runs=args.runs, prompt_tokens=len(prompt_ids), bisection=bisection)
+                 runs=args.runs, prompt_tokens=len(prompt_ids), bisection=bisection, backend=env["backend"],
+                 mlx_env=mlx_env)
     if args.json:
         record = ValidationRecord(
             model=name, model_type=result.patch.model_type, patterns=result.patch.patterns,
@@ -185,10 +193,11 @@ def validate(args: argparse.Namespace, out: Any) -> int:
             seed=args.seed, max_fused_tokens=args.max_fused_tokens, prompt=args.prompt,
             fidelity=result.fidelity, baseline=result.baseline, patched=result.patched,
             decode_speedup=result.decode_speedup, prefill_speedup=result.prefill_speedup,
-            bisect=bisection, **environment(),
+            bisect=bisection, mlx_env=mlx_env, **env,
         )
         write_json_atomic(args.json, record)
-    return EXIT_PASS if result.fidelity.verdict == "PASS" else EXIT_FAIL
+    verdict = result.fidelity.verdict
+    return EXIT_PASS if verdict == PASS else EXIT_UNSTABLE if verdict == UNSTABLE else EXIT_FAIL
 
 
 def main(argv: Sequence[str] | None = None, *, patch_fns: tuple[Any, Any] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 Drift (thermal, caches, allocator) hits both sides alike because they alternate; ``unpatch`` runs between every
 pair, so each patched run starts from a freshly patched model. Every run's tokens are compared, not just the
-first: patched run i and baseline run i against baseline run 0.
+first: patched run i and baseline run i against baseline run 0. A baseline run that differs from baseline run 0
+makes the verdict UNSTABLE (stock mlx-lm is not deterministic there), whatever the patched runs did.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .generation import GreedyRun, ProgressFn, first_mismatch, greedy_run
-from .record import Divergence, Fidelity, RunMatch, SideResult
+from .record import FAIL, PASS, UNSTABLE, Divergence, Fidelity, RunMatch, SideResult
 from .stats import median, ratio
 
 PatchFn = Callable[..., Any]  # patch(model, patterns=None, exclude=(), max_fused_tokens=32, verbose=...)
@@ -169,8 +170,11 @@ def run_fidelity(
         if pos is not None:
             divergence = _probe_divergence(sides, prompt_ids, reference, r.tokens, i, pos, prefill_step_size)
             break
-    ok = divergence is None and all(m.matched == m.total for m in baseline_matches)
-    fidelity = Fidelity(verdict="PASS" if ok else "FAIL", runs=patched_matches, first_divergence=divergence,
+    if any(m.matched != m.total for m in baseline_matches):
+        verdict = UNSTABLE  # stock mlx-lm disagrees with itself: a patched difference cannot be attributed
+    else:
+        verdict = PASS if divergence is None else FAIL
+    fidelity = Fidelity(verdict=verdict, runs=patched_matches, first_divergence=divergence,
                         baseline_runs=baseline_matches)
     assert info is not None
     return FidelityResult(

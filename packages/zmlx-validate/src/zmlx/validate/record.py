@@ -73,12 +73,44 @@ class RunMatch(Base, kw_only=True):
     total: int
 
 
+PASS, FAIL, UNSTABLE = "PASS", "FAIL", "UNSTABLE"
+VERDICTS = (PASS, FAIL, UNSTABLE)
+
+
 class Fidelity(Base, kw_only=True):
-    verdict: str  # "PASS" | "FAIL"
+    """The token comparison of one model. ``verdict`` is one of :data:`VERDICTS`:
+
+    - ``"PASS"``: every baseline run and every patched run produced baseline run 1's tokens;
+    - ``"FAIL"``: the baseline repeats itself but a patched run differs (the patch changed the tokens);
+    - ``"UNSTABLE"``: baseline runs differ from each other (stock mlx-lm is not deterministic on that machine), so
+      no token comparison can pass and a patched difference cannot be attributed. Records written before
+      UNSTABLE existed say ``"FAIL"`` here; :func:`verdict_of` re-derives the verdict from the runs.
+    """
+
+    verdict: str  # "PASS" | "FAIL" | "UNSTABLE"
     runs: list[RunMatch]  # patched run i against baseline run 0 (matched = common prefix length)
     first_divergence: Divergence | None = None
-    # baseline run i against baseline run 0: a baseline that disagrees with itself is a FAIL of the harness
+    # baseline run i against baseline run 0: any mismatch here makes the verdict UNSTABLE
     baseline_runs: list[RunMatch] = msgspec.field(default_factory=list)
+
+
+def classify(runs: list[RunMatch], baseline_runs: list[RunMatch]) -> str:
+    """The verdict of a comparison: an unstable baseline outranks any patched difference (nothing to blame)."""
+    if any(m.matched != m.total for m in baseline_runs):
+        return UNSTABLE
+    return PASS if all(m.matched == m.total for m in runs) else FAIL
+
+
+def verdict_of(fidelity: Fidelity) -> str:
+    """``fidelity.verdict``, except that an older record's FAIL with an unstable baseline reads as UNSTABLE."""
+    if fidelity.verdict == FAIL and any(m.matched != m.total for m in fidelity.baseline_runs):
+        return UNSTABLE
+    return fidelity.verdict
+
+
+def unstable_baseline_runs(fidelity: Fidelity) -> list[tuple[int, int]]:
+    """(baseline run number from 1, first token that differs from baseline run 1) of every unstable run."""
+    return [(i + 1, m.matched) for i, m in enumerate(fidelity.baseline_runs) if m.matched != m.total]
 
 
 class Bisection(Base, kw_only=True):
@@ -115,6 +147,8 @@ class ValidationRecord(Base, kw_only=True, tag_field="schema", tag="zmlx.validat
     mlx_version: str
     mlx_lm_version: str
     bisect: Bisection | None = None
+    # every MLX_* environment variable set for the run: they select MLX's kernels (e.g. cuDNN attention on CUDA)
+    mlx_env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: msgspec.Struct) -> None:

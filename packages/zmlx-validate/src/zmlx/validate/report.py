@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
+import re
+from collections.abc import Mapping
 from importlib import metadata
 from typing import Any, TextIO
 
 from .fidelity import FidelityResult
-from .record import Bisection
+from .record import UNSTABLE, Bisection, Fidelity, unstable_baseline_runs, verdict_of
+
+# MLX's own switch (read once, at the first CUDA attention call) between cuDNN SDPA and MLX's attention kernels
+CUDNN_SDPA_VAR = "MLX_CUDA_USE_CUDNN_SDPA"
 
 
 def _version(dist: str) -> str:
@@ -40,6 +46,43 @@ def environment() -> dict[str, str]:
     }
 
 
+def mlx_env_vars(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every ``MLX_*`` environment variable, sorted: MLX reads them to pick kernels (zmlx itself reads none)."""
+    env = os.environ if environ is None else environ
+    return {k: env[k] for k in sorted(env) if k.startswith("MLX_")}
+
+
+def _mlx_flag_off(value: str | None) -> bool:
+    # MLX parses its switches with atoi: unset keeps the default (on); "0" or a non-number turns it off.
+    if value is None:
+        return False
+    m = re.match(r"\s*[+-]?\d+", value)
+    return m is None or int(m.group()) == 0
+
+
+def unstable_line(fidelity: Fidelity, *, backend: str, mlx_env: Mapping[str, str],
+                  where: str = "on this machine") -> str:
+    """One line saying that the baseline disagrees with itself, where, and (on CUDA) the known cause; "" if not."""
+    bad = unstable_baseline_runs(fidelity)
+    if not bad:
+        return ""
+    (run, token), *rest = bad
+    line = f"UNSTABLE: baseline run {run} differs from baseline run 1 at token {token}"
+    if rest:
+        line += " (" + ", ".join(f"run {r} at token {t}" for r, t in rest) + ")"
+    line += f": stock mlx-lm itself is not deterministic {where}, so no token comparison can pass"
+    if any(m.matched != m.total for m in fidelity.runs):
+        line += " (patched runs differ too, which cannot be attributed to zmlx while the baseline varies)"
+    if backend == "cuda":
+        value = mlx_env.get(CUDNN_SDPA_VAR)
+        if _mlx_flag_off(value):
+            line += f"; {CUDNN_SDPA_VAR}={value} was set, so MLX's cuDNN attention is not the cause here"
+        else:
+            line += (f"; on CUDA the known cause is MLX's cuDNN attention (SDPA): run with {CUDNN_SDPA_VAR}=0, "
+                     "MLX's own setting (not zmlx configuration), for MLX's deterministic attention kernels")
+    return line
+
+
 def _tok(tokenizer: Any, token: int) -> str:
     try:
         return repr(tokenizer.decode([token]))
@@ -51,14 +94,13 @@ def _fmt(x: float, nd: int = 1) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:,.{nd}f}"
 
 
-def divergence_line(result: FidelityResult, tokenizer: Any) -> str:
+def divergence_line(result: FidelityResult, tokenizer: Any, *, backend: str = "",
+                    mlx_env: Mapping[str, str] | None = None) -> str:
+    if verdict_of(result.fidelity) == UNSTABLE:
+        return unstable_line(result.fidelity, backend=backend,
+                             mlx_env=mlx_env_vars() if mlx_env is None else mlx_env)
     d = result.fidelity.first_divergence
     if d is None:
-        bad = [i for i, m in enumerate(result.fidelity.baseline_runs) if m.matched != m.total]
-        if bad:
-            m = result.fidelity.baseline_runs[bad[0]]
-            return (f"baseline run {bad[0] + 1} differs from baseline run 1 at token {m.matched}: the unpatched model "
-                    "is not deterministic, so no comparison is meaningful")
         return ""
     line = (f"first divergence: run {d.run + 1}, token {d.position}: baseline {d.baseline_token} "
             f"{_tok(tokenizer, d.baseline_token)} (top1-top2 margin {_fmt(d.baseline_margin, 4)}) vs patched "
@@ -69,7 +111,10 @@ def divergence_line(result: FidelityResult, tokenizer: Any) -> str:
 
 
 def print_report(out: TextIO, *, name: str, result: FidelityResult, tokenizer: Any, max_tokens: int,
-                 runs: int, prompt_tokens: int, bisection: Bisection | None) -> None:
+                 runs: int, prompt_tokens: int, bisection: Bisection | None, backend: str = "",
+                 mlx_env: Mapping[str, str] | None = None) -> None:
+    """The text report; ``backend`` and ``mlx_env`` (default: this process's MLX_* variables) only shape the
+    explanation of an UNSTABLE baseline."""
     p = result.patch
     w = out.write
     w(f"model: {name} ({p.model_type}), prompt {prompt_tokens} tokens, {max_tokens} tokens x {runs} runs\n")
@@ -89,7 +134,7 @@ def print_report(out: TextIO, *, name: str, result: FidelityResult, tokenizer: A
     w(f"{'generation tok/s':18}{_fmt(b.median_decode_tps):>12}{_fmt(q.median_decode_tps):>12}"
       f"{_fmt(result.decode_speedup, 3) + 'x':>10}\n")
     w(f"{'peak memory GB':18}{_fmt(b.peak_memory_gb, 3):>12}{_fmt(q.peak_memory_gb, 3):>12}\n")
-    line = divergence_line(result, tokenizer)
+    line = divergence_line(result, tokenizer, backend=backend, mlx_env=mlx_env)
     if line:
         w(line + "\n")
     if bisection is not None:

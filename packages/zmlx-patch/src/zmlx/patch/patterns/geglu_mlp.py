@@ -10,7 +10,10 @@ from ..families import DenseSite
 from . import _dense
 from ._structure import missing_modules
 
-SUMMARY = "gated GELU MLP: gelu(gate) * up fused (zk.geglu, exact or tanh as the family uses)"
+SUMMARY = (
+    "gated GELU MLP: gelu(gate) * up fused (zk.geglu, exact or tanh as the family uses); with "
+    "fuse_projections=True, gate+up projections + GELU in one launch at one token"
+)
 
 
 def check(module: nn.Module, site: DenseSite) -> str | None:

@@ -19,8 +19,8 @@ from ._experts import fused_experts, plan_for
 from ._structure import lookup, missing_modules
 
 SUMMARY = (
-    "sparse MoE block: gating (zk routing op per family); at one token the quantized experts run as two fused "
-    "launches (gate+up+activation, down+combine); otherwise expert combine (zk.moe_combine)"
+    "sparse MoE block: gating (zk routing op per family) and expert combine (zk.moe_combine) fused; with "
+    "fuse_projections=True, at one token the quantized experts run as two launches (gate+up+act, down+combine)"
 )
 
 

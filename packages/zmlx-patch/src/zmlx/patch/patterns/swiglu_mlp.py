@@ -11,8 +11,8 @@ from . import _dense
 from ._structure import missing_modules
 
 SUMMARY = (
-    "gated SiLU MLP: at one token gate+up projections+silu in one launch (zk.dense_gate_up), else silu(gate) * up "
-    "fused (zk.swiglu)"
+    "gated SiLU MLP: silu(gate) * up fused (zk.swiglu); with fuse_projections=True, at one token the quantized "
+    "gate+up projections and silu run as one launch (zk.dense_gate_up)"
 )
 
 _NAMES = {
