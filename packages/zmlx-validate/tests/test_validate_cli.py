@@ -97,6 +97,81 @@ def test_wrong_pattern_fails_with_exit_1_and_bisects(capsys, synth_cache, tmp_pa
     assert len(rec.fidelity.runs) == 2 and all(m.matched < m.total for m in rec.fidelity.runs)
 
 
+def _restore_all(model) -> None:
+    for _, module in model.named_modules():
+        while (original := type(module).__dict__.get("_test_original")) is not None:
+            module.__class__ = original
+
+
+def _flaky_fns(perturb_after_unpatch: int):
+    """(patch, unpatch) that also make the stock model nondeterministic: after the n-th unpatch the next baseline
+    run gets a perturbed MoE block, as cuDNN attention does to stock mlx-lm on CUDA; any patch call clears it."""
+    calls = 0
+
+    def patch(model, **kw):
+        _restore_all(model)
+        return _fake_patch(model, **kw)
+
+    def unpatch(model):
+        nonlocal calls
+        calls += 1
+        _restore_all(model)
+        if calls == perturb_after_unpatch:
+            mlp = model.layers[1].mlp
+            mlp.__class__ = _wrong_class(type(mlp))
+        return 0
+
+    return patch, unpatch
+
+
+@pytest.mark.parametrize("patterns", ["noop", "noop,bad_moe"], ids=["patched-identical", "patched-differs-too"])
+def test_nondeterministic_baseline_is_unstable_with_exit_3(capsys, synth_cache, tmp_path, patterns):
+    path = tmp_path / "unstable.json"
+    # warm-up 0, runs 2: baseline 1, patched 1, unpatch #1 (perturbs), baseline 2 differs from baseline 1
+    rc, out, err = _run(capsys, ["--cache-dir", synth_cache, "--quiet", "-m", "48", "--runs", "2", "--warmup", "0",
+                                 "--patterns", patterns, "--bisect", "--json", str(path)],
+                        patch_fns=_flaky_fns(perturb_after_unpatch=1))
+    assert rc == 3, out + err
+    lines = out.strip().splitlines()
+    assert lines[-1] == "UNSTABLE"
+    rec = msgspec.json.decode(path.read_bytes(), type=ValidationRecord)
+    f = rec.fidelity
+    assert f.verdict == "UNSTABLE" and rec.bisect is None  # nothing to bisect against
+    assert f.baseline_runs[0].matched == 48 and f.baseline_runs[1].matched < 48
+    (explained,) = [ln for ln in lines if ln.startswith("UNSTABLE: ")]
+    assert f"baseline run 2 differs from baseline run 1 at token {f.baseline_runs[1].matched}" in explained
+    assert "stock mlx-lm itself is not deterministic on this machine" in explained
+    assert ("patched runs differ too" in explained) == (patterns != "noop")
+    if patterns == "noop":
+        assert all(m.matched == m.total for m in f.runs) and f.first_divergence is None
+    else:
+        assert all(m.matched < m.total for m in f.runs)
+    assert not any(ln.startswith("first divergence") for ln in lines)  # not reported as a patch failure
+    assert rec.mlx_env == {k: v for k, v in os.environ.items() if k.startswith("MLX_")}
+    if rec.backend != "cuda":
+        assert "MLX_CUDA_USE_CUDNN_SDPA" not in explained
+
+
+def test_unstable_line_names_cudnn_attention_only_on_cuda():
+    from zmlx.validate.record import Fidelity, RunMatch
+    from zmlx.validate.report import unstable_line
+
+    f = Fidelity(verdict="UNSTABLE", runs=[RunMatch(matched=256, total=256)] * 3,
+                 baseline_runs=[RunMatch(matched=256, total=256), RunMatch(matched=23, total=256),
+                                RunMatch(matched=7, total=256)])
+    cpu = unstable_line(f, backend="cpu", mlx_env={})
+    assert cpu.startswith("UNSTABLE: baseline run 2 differs from baseline run 1 at token 23 (run 3 at token 7): ")
+    assert "cuDNN" not in cpu and "patched runs differ" not in cpu
+    cuda = unstable_line(f, backend="cuda", mlx_env={"MLX_USE_CUDA_GRAPHS": "1"})
+    assert cuda.startswith(cpu) and "MLX's cuDNN attention" in cuda
+    assert "MLX_CUDA_USE_CUDNN_SDPA=0, MLX's own setting (not zmlx configuration)" in cuda
+    for off in ("0", " 0", "false"):  # MLX reads it with atoi
+        assert "is not the cause here" in unstable_line(f, backend="cuda", mlx_env={"MLX_CUDA_USE_CUDNN_SDPA": off})
+    assert "known cause" in unstable_line(f, backend="cuda", mlx_env={"MLX_CUDA_USE_CUDNN_SDPA": "1"})
+    assert unstable_line(Fidelity(verdict="PASS", runs=f.runs, baseline_runs=f.runs), backend="cuda",
+                         mlx_env={}) == ""
+
+
 def test_json_round_trips_through_the_schema(capsys, synth_cache, tmp_path):
     path = tmp_path / "sub" / "rec.json"
     rc, out, _ = _run(capsys, ["--cache-dir", synth_cache, "--quiet", "-m", "24", "--runs", "2", "--warmup", "0",
