@@ -61,6 +61,10 @@ class Environment(Base, kw_only=True):
     packages: Annotated[dict[str, str], _doc("every installed zmlx distribution -> version")]
     git_commit: Annotated[str | None, _doc("of the zmlx checkout, None outside a git checkout")] = None
     git_dirty: Annotated[bool | None, _doc("uncommitted changes to tracked files")] = None
+    mlx_env: Annotated[dict[str, str], _doc(
+        "every MLX_* environment variable of the run: they select MLX's kernels (e.g. MLX_CUDA_USE_CUDNN_SDPA=0: "
+        "MLX's own attention instead of cuDNN's on CUDA); zmlx itself reads none. Empty in capsules written "
+        "before this field existed")] = {}
 
 
 class Methodology(Base, kw_only=True):

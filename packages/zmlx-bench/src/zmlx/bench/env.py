@@ -108,6 +108,11 @@ def _backend() -> str:
     return "cpu"
 
 
+def _mlx_env() -> dict[str, str]:
+    # MLX's own switches (MLX_CUDA_USE_CUDNN_SDPA, MLX_ENABLE_TF32, ...) change kernels and even determinism
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("MLX_")}
+
+
 def collect_environment(repo_dir: str | os.PathLike[str] | None = None) -> Environment:
     """Probe this machine. ``repo_dir`` is where git looks for the commit (default: this file's checkout)."""
     system = platform.system()
@@ -140,6 +145,7 @@ def collect_environment(repo_dir: str | os.PathLike[str] | None = None) -> Envir
         packages=_distributions(lambda n: n == "zmlx" or n.startswith("zmlx-")),
         git_commit=commit,
         git_dirty=dirty,
+        mlx_env=_mlx_env(),
     )
 
 
@@ -164,6 +170,7 @@ def format_environment(env: Environment) -> str:
         ("mlx-lm", env.mlx_lm or "not installed"),
         *((name, ver) for name, ver in env.packages.items()),
         ("git", git),
+        ("mlx env", " ".join(f"{k}={v}" for k, v in env.mlx_env.items()) or "no MLX_* variables set"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
