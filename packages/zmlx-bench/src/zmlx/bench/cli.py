@@ -1,8 +1,9 @@
 """``zmlx-bench``: run benchmarks into repro capsules, and read, compare and describe them.
 
-Exit codes: 0 done; 1 a run finished and its capsule was written, but a model's tokens diverged (fidelity FAIL);
-2 bad usage, an unreadable capsule or a model that cannot be loaded (one line on stderr, no traceback);
-130 interrupted (Ctrl-C), nothing written.
+Exit codes: 0 done; 1 a run finished and its capsule was written, but a model's patched tokens diverged (fidelity
+FAIL); 2 bad usage, an unreadable capsule or a model that cannot be loaded (one line on stderr, no traceback);
+3 the capsule was written, no model FAILed, but a model's stock baseline was not deterministic (UNSTABLE: no token
+comparison can pass there); 130 interrupted (Ctrl-C), nothing written.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def _writable_dir(path: Path) -> str | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from zmlx.validate.record import PASS, UNSTABLE
+
     from .run import BenchError, resolve_out, run_models
 
     if args.out is not None:
@@ -100,10 +103,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(report.format_capsule(capsule, str(path)))
     print(f"capsule written to {path}", file=sys.stderr)
-    failed = [r.model for r in capsule.results if r.fidelity.verdict != "PASS"]
+    verdicts = {r.model: r.fidelity.verdict for r in capsule.results}
+    failed = [m for m, v in verdicts.items() if v not in (PASS, UNSTABLE)]
+    unstable = [m for m, v in verdicts.items() if v == UNSTABLE]
+    if unstable:  # said even when another model FAILed: these models' verdicts are not the patch's doing
+        print(f"error: fidelity UNSTABLE (stock mlx-lm is not deterministic here): {', '.join(unstable)}",
+              file=sys.stderr)
+        if args.quiet:  # the report (not printed when quiet) carries the explanation otherwise
+            for line in report.unstable_notes(capsule):
+                print(line, file=sys.stderr)
     if failed:
         return _fail(f"fidelity FAIL (patched tokens differ from baseline): {', '.join(failed)}", code=1)
-    return 0
+    return 3 if unstable else 0
 
 
 def _cmd_env(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from zmlx.validate.record import verdict_of
+
 from . import stats, tables
 from .capsule import Capsule, CapsuleError, load_capsule
 
@@ -47,7 +49,7 @@ def _speedup_change(a: Capsule, b: Capsule, model: str, seed: int) -> list[str]:
         f"{tables.ratio_cell(pb / pa, ci)} "
         f"{tables.verdict_cell(ci, min(len(ra.patched.decode_tps), len(rb.patched.decode_tps)))}",
         tables.ratio_cell(bb / ba),
-        f"{ra.fidelity.verdict} / {rb.fidelity.verdict}",
+        f"{verdict_of(ra.fidelity)} / {verdict_of(rb.fidelity)}",
     ]
 
 

@@ -170,7 +170,7 @@ def format_environment(env: Environment) -> str:
         ("mlx-lm", env.mlx_lm or "not installed"),
         *((name, ver) for name, ver in env.packages.items()),
         ("git", git),
-        ("mlx env", " ".join(f"{k}={v}" for k, v in env.mlx_env.items()) or "no MLX_* variables set"),
+        ("mlx env", " ".join(f"{k}={v}" for k, v in env.mlx_env.items()) or "none recorded"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -13,6 +13,9 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from zmlx.validate.record import UNSTABLE, verdict_of
+from zmlx.validate.report import unstable_line
+
 from . import tables
 from .capsule import Capsule, CapsuleError, ModelResult, load_capsule
 from .env import format_environment
@@ -66,16 +69,21 @@ def result_rows(c: Capsule) -> list[list[str]]:
 
 
 def run_rows(r: ModelResult) -> list[list[str]]:
-    """Every measured run of both sides, in the order they ran (interleaved)."""
+    """Every measured run of both sides, in the order they ran (interleaved); tokens matched against baseline
+    run 1 for both sides (a baseline row below full means stock mlx-lm was not deterministic)."""
     rows = []
-    matches = r.fidelity.runs
+
+    def match(matches: list, i: int) -> str:
+        return f"{matches[i].matched}/{matches[i].total}" if i < len(matches) else "-"
+
     for i, (b, p) in enumerate(zip(r.baseline.runs, r.patched.runs, strict=False)):
-        match = f"{matches[i].matched}/{matches[i].total}" if i < len(matches) else "-"
+        matched = {"baseline": match(r.fidelity.baseline_runs, i) if r.fidelity.baseline_runs else "",
+                   "patched": match(r.fidelity.runs, i)}
         for side, s in (("baseline", b), ("patched", p)):
             rows.append([
                 str(i + 1), side, f"{s.prefill_tps:.1f}", f"{s.decode_tps:.1f}", f"{s.ttft_s * 1000:.1f}",
                 f"{s.token_latency_ms_p50:.2f}/{s.token_latency_ms_p90:.2f}/{s.token_latency_ms_p99:.2f}",
-                f"{s.peak_memory_gb:.2f}", match if side == "patched" else "",
+                f"{s.peak_memory_gb:.2f}", matched[side],
             ])
     return rows
 
@@ -92,14 +100,22 @@ def kernel_rows(c: Capsule) -> list[list[str]]:
     ] for t in k.results]
 
 
+def unstable_notes(c: Capsule) -> list[str]:
+    """One line per model whose baseline disagreed with itself: which run, which token, and the known cause."""
+    e = c.environment
+    return [f"{r.model}: " + unstable_line(r.fidelity, backend=e.backend, mlx_env=e.mlx_env, where=f"on {e.device}")
+            for r in c.results if verdict_of(r.fidelity) == UNSTABLE]
+
+
 def _env_line(c: Capsule) -> str:
     e = c.environment
     git = "no git" if e.git_commit is None else e.git_commit[:12] + (" dirty" if e.git_dirty else "")
     zmlx = e.packages.get("zmlx-patch") or e.packages.get("zmlx") or "?"
     mem = "" if e.device_memory_gb is None else f" ({e.device_memory_gb:g} GB)"
     drv = f", driver {e.driver}" if e.driver else ""
+    env = "".join(f", {k}={v}" for k, v in e.mlx_env.items())
     return (f"{e.device}{mem}, {e.backend} backend{drv}; {e.os} {e.os_version}; python {e.python}, "
-            f"mlx {e.mlx}, mlx-lm {e.mlx_lm or '-'}, zmlx {zmlx} ({git})")
+            f"mlx {e.mlx}, mlx-lm {e.mlx_lm or '-'}, zmlx {zmlx} ({git}){env}")
 
 
 def format_capsule(c: Capsule, path: str) -> str:
@@ -111,6 +127,7 @@ def format_capsule(c: Capsule, path: str) -> str:
     if c.results:
         out += ["", "results (median (min-max) of the measured runs; speedup = patched / baseline)",
                 tables.render(RESULT_HEADERS, result_rows(c))]
+        out += unstable_notes(c)
         for r in c.results:
             out += ["", f"runs of {r.model} ({r.name}, {r.model_type or 'unknown type'})",
                     tables.render(RUN_HEADERS, run_rows(r))]
@@ -141,6 +158,7 @@ def format_markdown(capsules: Sequence[tuple[str, Capsule]], *, argv: Sequence[s
                 f"Capsule: `{path}`  ", f"Environment: {_env_line(c)}  ", f"Method: {_methodology(c)}"]
         if c.results:
             out += ["", tables.render(RESULT_HEADERS, result_rows(c), markdown=True)]
+            out += [f"\n{line}" for line in unstable_notes(c)]
         if c.kernels is not None:
             k = c.kernels
             out += ["", f"Kernel microbenchmark (median of {k.repeats} x {k.iterations} calls, each evaluated "

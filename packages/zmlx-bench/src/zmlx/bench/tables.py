@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from zmlx.validate.record import Fidelity, SideResult
+from zmlx.validate.record import UNSTABLE, Fidelity, SideResult, unstable_baseline_runs, verdict_of
 
 from . import stats
 
@@ -60,7 +60,13 @@ def verdict_cell(ci: tuple[float, float], runs: int) -> str:
 def fidelity_cell(f: Fidelity) -> str:
     matched = sum(r.matched for r in f.runs)
     total = sum(r.total for r in f.runs)
-    s = f"{f.verdict} {matched}/{total} tok, {len(f.runs)} runs"
+    verdict = verdict_of(f)
+    if verdict == UNSTABLE:  # the baseline disagrees with itself: say so, never blame the patch
+        (run, token), *_ = unstable_baseline_runs(f)
+        s = (f"UNSTABLE: baseline run {run} differs from run 1 at token {token}; "
+             f"patched {matched}/{total} tok, {len(f.runs)} runs")
+        return s if f.verdict == UNSTABLE else f"{s} (recorded as {f.verdict})"
+    s = f"{verdict} {matched}/{total} tok, {len(f.runs)} runs"
     d = f.first_divergence
     if d is not None:
         s += f"; first diverges run {d.run + 1} token {d.position}"
