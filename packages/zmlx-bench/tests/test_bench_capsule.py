@@ -31,10 +31,12 @@ def test_newer_writer_fields_are_skipped_and_defaults_fill_in(tmp_path, capsule_
     raw["field_from_the_future"] = {"x": 1}
     raw["results"][0]["another_new_field"] = [1, 2]
     del raw["kernels"], raw["note"]  # optional fields (added with defaults) may be absent
+    del raw["environment"]["mlx_env"], raw["results"][0]["fidelity"]["baseline_runs"]
     p = tmp_path / "future.json"
     p.write_text(json.dumps(raw))
     cap = load_capsule(p)
     assert cap.kernels is None and cap.note == ""
+    assert cap.environment.mlx_env == {} and cap.results[0].fidelity.baseline_runs == []
 
 
 def _write(tmp_path: Path, text: str) -> Path:

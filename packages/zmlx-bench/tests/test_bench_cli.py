@@ -34,6 +34,37 @@ def test_report_names_a_divergence(tmp_path, capsule_factory, capsys):
     assert "FAIL 71/80 tok, 5 runs; first diverges run 2 token 7" in capsys.readouterr().out
 
 
+def test_report_shows_an_unstable_baseline_distinctly(tmp_path, capsule_factory, capsys):
+    path = _save(tmp_path, "u.json", capsule_factory(unstable=True, models=("synthetic:a",)))
+    assert main(["report", path]) == 0
+    out = capsys.readouterr().out
+    assert "UNSTABLE: baseline run 3 differs from run 1 at token 5; patched 80/80 tok, 5 runs" in out
+    assert "PASS" not in out and "recorded as" not in out
+    (note,) = [ln for ln in out.splitlines() if ln.startswith("synthetic:a: UNSTABLE: ")]
+    assert "stock mlx-lm itself is not deterministic on NVIDIA H100 80GB HBM3" in note
+    assert "known cause is MLX's cuDNN attention" in note and "MLX_CUDA_USE_CUDNN_SDPA=0" in note
+    assert "mlx env        none recorded" in out
+    # the baseline rows say how far each baseline run followed baseline run 1
+    assert [ln.split()[-1] for ln in out.splitlines() if ln.startswith("3    baseline")] == ["5/16"]
+    assert main(["report", "--markdown", path]) == 0
+    assert "\nsynthetic:a: UNSTABLE: baseline run 3 differs" in capsys.readouterr().out
+
+
+def test_report_reads_an_older_fail_with_unstable_baseline_as_unstable(tmp_path, capsule_factory, capsys):
+    env = {"MLX_CUDA_USE_CUDNN_SDPA": "0", "MLX_USE_CUDA_GRAPHS": "1"}
+    old = _save(tmp_path, "old.json", capsule_factory(unstable=True, verdict="FAIL", mlx_env=env))
+    ok = _save(tmp_path, "ok.json", capsule_factory(mlx_env=env))
+    assert main(["report", old]) == 0
+    out = capsys.readouterr().out
+    assert out.count("UNSTABLE: baseline run 3 differs from run 1 at token 5") == 2 and "(recorded as FAIL)" in out
+    assert "mlx env        MLX_CUDA_USE_CUDNN_SDPA=0 MLX_USE_CUDA_GRAPHS=1" in out
+    assert "MLX_CUDA_USE_CUDNN_SDPA=0 was set, so MLX's cuDNN attention is not the cause here" in out
+    assert main(["report", "--markdown", ok]) == 0
+    assert "(0123456789ab), MLX_CUDA_USE_CUDNN_SDPA=0, MLX_USE_CUDA_GRAPHS=1  \n" in capsys.readouterr().out
+    assert main(["compare", old, ok]) == 0
+    assert capsys.readouterr().out.count("UNSTABLE / PASS") == 2
+
+
 def test_markdown_accepts_several_capsules_each_named(tmp_path, capsule_factory, capsys):
     a = _save(tmp_path, "a.json", capsule_factory())
     b = _save(tmp_path, "b.json", capsule_factory(speedup=0.98, models=("synthetic:c",)))
@@ -90,12 +121,16 @@ def test_plot_draws_every_model(tmp_path, capsule_factory):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_env_prints_the_block_and_json_decodes_as_environment(capsys):
+def test_env_prints_the_block_and_json_decodes_as_environment(capsys, monkeypatch):
+    monkeypatch.setenv("MLX_ZMLX_TEST_SWITCH", "0")
+    monkeypatch.setenv("NOT_MLX_ZMLX_TEST", "1")
     assert main(["env"]) == 0
     text = capsys.readouterr().out
     assert "backend" in text and "mlx-lm" in text and "zmlx-bench" in text
+    assert "MLX_ZMLX_TEST_SWITCH=0" in text and "NOT_MLX_ZMLX_TEST" not in text
     assert main(["env", "--json"]) == 0
     env = msgspec.json.decode(capsys.readouterr().out, type=Environment)
+    assert env.mlx_env["MLX_ZMLX_TEST_SWITCH"] == "0" and all(k.startswith("MLX_") for k in env.mlx_env)
     assert env.backend in ("metal", "cuda", "cpu") and env.packages["zmlx-bench"]
     assert env.python.count(".") == 2
 
@@ -129,8 +164,15 @@ def test_kernels_on_cpu_times_references_and_embeds_into_a_capsule(tmp_path, cap
     assert json.loads(junk.read_text()) == {"hello": 1}
 
 
-def test_run_with_diverging_tokens_writes_the_capsule_and_exits_1(tmp_path, monkeypatch, capsys,
-                                                                  model_result_factory):
+@pytest.mark.parametrize(
+    ("kinds", "rc", "said"),
+    [(["fail"], 1, ["fidelity FAIL"]), (["unstable", "pass"], 3, ["fidelity UNSTABLE", "synthetic:a: UNSTABLE: baseline run 3 differs"]),
+     (["unstable", "fail"], 1, ["fidelity UNSTABLE (stock mlx-lm is not deterministic here): synthetic:a",
+                                "fidelity FAIL (patched tokens differ from baseline): synthetic:b"])],
+    ids=["fail", "unstable", "fail-and-unstable"],
+)
+def test_run_writes_the_capsule_and_exits_by_verdict(tmp_path, monkeypatch, capsys, model_result_factory,
+                                                      kinds, rc, said):
     from types import SimpleNamespace
 
     import zmlx.validate as validate
@@ -140,18 +182,24 @@ def test_run_with_diverging_tokens_writes_the_capsule_and_exits_1(tmp_path, monk
         def encode(self, text):
             return [ord(c) for c in text]
 
+    todo = list(kinds)
+
     def fake_run(model, tokenizer, **kw):
-        r = model_result_factory("x", [100.0, 101.0, 99.0], [104.0, 103.0, 105.0], fail=True)
+        kind = todo.pop(0)
+        r = model_result_factory("x", [100.0, 101.0, 99.0], [104.0, 103.0, 105.0], fail=kind == "fail",
+                                 unstable=kind == "unstable")
         return SimpleNamespace(fidelity=r.fidelity, baseline=r.baseline, patched=r.patched,
                                patch=PatchInfo(model_type=r.model_type, counts=r.counts, patterns=r.patterns))
 
     monkeypatch.setattr(validate, "load_model", lambda spec, cache_dir=None: (object(), Tok(), spec), raising=False)
     monkeypatch.setattr(validate, "run_fidelity", fake_run, raising=False)
     out = tmp_path / "caps"
-    rc = main(["run", "synthetic:a", "--runs", "3", "--patterns", "moe_mlp", "--out", f"{out}/", "-q"])
-    assert rc == 1
-    assert "fidelity FAIL" in capsys.readouterr().err
+    models = ["synthetic:a", "synthetic:b"][:len(kinds)]
+    assert main(["run", *models, "--runs", "3", "--patterns", "moe_mlp", "--out", f"{out}/", "-q"]) == rc
+    err = capsys.readouterr().err
+    assert all(s in err for s in said), err
+    assert ("fidelity FAIL" in err) == ("fail" in kinds)
     (written,) = out.iterdir()
     cap = load_capsule(written)
-    assert written.name.endswith("_a.json") and cap.methodology.patterns == ["moe_mlp"]
-    assert cap.results[0].fidelity.verdict == "FAIL"
+    assert written.name.endswith(("_a.json", "_a+b.json")) and cap.methodology.patterns == ["moe_mlp"]
+    assert [r.fidelity.verdict for r in cap.results] == [k.upper() for k in kinds]
