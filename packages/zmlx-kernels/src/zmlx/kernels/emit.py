@@ -16,6 +16,7 @@ every body bounds-checks against its logical size.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -66,12 +67,13 @@ class KernelSpec:
     header: str = ""
     templates: tuple[tuple[str, str | int | bool], ...] = field(default_factory=tuple)
 
-    @property
+    # cached: kernel_name is read on every launch (decode hot path); a frozen spec never changes
+    @functools.cached_property
     def digest(self) -> str:
         h = hashlib.sha1((self.header + "\0" + self.body).encode())
         return h.hexdigest()[:10]
 
-    @property
+    @functools.cached_property
     def kernel_name(self) -> str:
         # Unique per source: MLX caches compiled modules by name (ml-explore/mlx#4275 on older builds).
         return f"zmlx_{self.name}_{self.digest}"
