@@ -99,9 +99,8 @@ def dense_gate_up(x: mx.array, gate: Quant, up: Quant, *, group_size: int, bits:
                                        alpha=alpha, limit=limit)
     if not _ZERO_INDEX:
         _ZERO_INDEX.append(mx.zeros((1,), dtype=mx.uint32))
-    h = moe_gate_up(x, _ZERO_INDEX[0], gate, up, group_size=group_size, bits=bits, activation=activation,
-                    alpha=alpha, limit=limit, stream=stream)
-    return h.reshape(*x.shape[:-1], n)
+    return moe_gate_up(x, _ZERO_INDEX[0], gate, up, group_size=group_size, bits=bits, activation=activation,
+                       alpha=alpha, limit=limit, out_shape=(*x.shape[:-1], n), stream=stream)
 
 
 def _fusable(x: mx.array, qs: tuple[Quant, ...]) -> bool:
@@ -110,8 +109,12 @@ def _fusable(x: mx.array, qs: tuple[Quant, ...]) -> bool:
 
 def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group_size: int, bits: int,
                 activation: str = "swiglu", gate_bias: mx.array | None = None, up_bias: mx.array | None = None,
-                alpha: float = 1.702, limit: float = 7.0, stream: mx.Stream | None = None) -> mx.array:
-    """Activation of the gate and up projections of the ``k`` experts in ``indices`` for one token: ``[k, N]``."""
+                alpha: float = 1.702, limit: float = 7.0, out_shape: tuple[int, ...] | None = None,
+                stream: mx.Stream | None = None) -> mx.array:
+    """Activation of the gate and up projections of the ``k`` experts in ``indices`` for one token: ``[k, N]``.
+
+    ``out_shape`` (same size) names the result's shape directly: every reshape is a graph node on the decode path.
+    """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     target = target_for(stream)
@@ -120,8 +123,9 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
     numerics = mlx_numerics(k, n, kdim, group_size, bits)
     if target != "cuda" or numerics is None or x.size != kdim or not _fusable(x, (gate, up)):
         # Metal kernels are emitted and syntax-checked but their numerics are not MLX's Metal qmv: reference there.
-        return moe_gate_up_reference(x, indices, gate, up, group_size=group_size, bits=bits, activation=activation,
-                                     gate_bias=gate_bias, up_bias=up_bias, alpha=alpha, limit=limit)
+        h = moe_gate_up_reference(x, indices, gate, up, group_size=group_size, bits=bits, activation=activation,
+                                  gate_bias=gate_bias, up_bias=up_bias, alpha=alpha, limit=limit)
+        return h if out_shape is None else h.reshape(out_shape)
     params = _PARAMS.get((alpha, limit))
     if params is None:
         params = _PARAMS[(alpha, limit)] = mx.array([alpha, limit], dtype=mx.float32)
@@ -131,9 +135,11 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
     blocks = -(-n // rows_per_block)
     return launch(
         SPECS[f"gate_up_{numerics}_{activation}"], target,
-        inputs=(x.reshape(-1), indices.reshape(-1).astype(mx.uint32), *gate, *up,
+        # the kernels index flat memory: inputs go in with their own (row-contiguous) shapes, no reshape nodes
+        inputs=(x, indices if indices.dtype == mx.uint32 else indices.astype(mx.uint32), *gate, *up,
                 gate_bias if has_bias else _dummy(x.dtype), up_bias if has_bias else _dummy(x.dtype), params),
-        output_shapes=[(k, n)], output_dtypes=[x.dtype], threads=blocks * warps * 32, threadgroup=warps * 32,
+        output_shapes=[out_shape or (k, n)], output_dtypes=[x.dtype], threads=blocks * warps * 32,
+        threadgroup=warps * 32,
         blocks_y=k,
         template=[("T", x.dtype), ("A", mx.float32 if bits == 8 else x.dtype), ("BITS", bits),
                   ("GS", group_size), ("HAS_BIAS", has_bias), ("X_PER_EXPERT", False)],
@@ -143,8 +149,9 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
 
 def moe_down_combine(h: mx.array, indices: mx.array, down: Quant, scores: mx.array, *, group_size: int,
                      bits: int, fp32: bool, down_bias: mx.array | None = None,
-                     stream: mx.Stream | None = None) -> mx.array:
-    """Down projection of each expert's ``h`` row, then the family's weighted combine in routing order: ``[D]``."""
+                     out_shape: tuple[int, ...] | None = None, stream: mx.Stream | None = None) -> mx.array:
+    """Down projection of each expert's ``h`` row, then the family's weighted combine in routing order: ``[D]``
+    (or ``out_shape``, same size)."""
     target = target_for(stream)
     k = indices.size
     n, kdim = down[0].shape[-2], h.shape[-1]
@@ -152,15 +159,16 @@ def moe_down_combine(h: mx.array, indices: mx.array, down: Quant, scores: mx.arr
     p = _promote(h.dtype, scores.dtype)
     # k <= 16: the mma kernel stages k x 2 KB of weights in static shared memory
     if target != "cuda" or numerics is None or h.shape[0] != k or not _fusable(h, (down,)) or k > 16:
-        return moe_down_combine_reference(h, indices, down, scores, group_size=group_size, bits=bits, fp32=fp32,
-                                          down_bias=down_bias)
+        y = moe_down_combine_reference(h, indices, down, scores, group_size=group_size, bits=bits, fp32=fp32,
+                                       down_bias=down_bias)
+        return y if out_shape is None else y.reshape(out_shape)
     out_dtype = h.dtype if fp32 else p
     blocks = n if numerics == "qmv" else -(-n // 8)
     return launch(
         SPECS[f"down_combine_{numerics}"], target,
-        inputs=(h, indices.reshape(-1).astype(mx.uint32), *down,
-                down_bias if down_bias is not None else _dummy(h.dtype), scores.reshape(-1)),
-        output_shapes=[(n,)], output_dtypes=[out_dtype], threads=blocks * k * 32, threadgroup=k * 32,
+        inputs=(h, indices if indices.dtype == mx.uint32 else indices.astype(mx.uint32), *down,
+                down_bias if down_bias is not None else _dummy(h.dtype), scores),
+        output_shapes=[out_shape or (n,)], output_dtypes=[out_dtype], threads=blocks * k * 32, threadgroup=k * 32,
         template=[("T", h.dtype), ("A", mx.float32 if bits == 8 else h.dtype), ("P", p), ("O", out_dtype),
                   ("BITS", bits), ("GS", group_size), ("KTOP", k), ("HAS_BIAS", down_bias is not None)],
         stream=stream,

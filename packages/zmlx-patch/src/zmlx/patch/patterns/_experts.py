@@ -81,6 +81,5 @@ def fused_experts(plan: ExpertPlan, x: mx.array, inds: mx.array, scores: mx.arra
     gb, ub, db = plan.biases
     h = zk.moe_gate_up(x, inds, plan.gate, plan.up, group_size=plan.group_size, bits=plan.bits,
                        activation=plan.activation, gate_bias=gb, up_bias=ub, alpha=plan.alpha, limit=plan.limit)
-    y = zk.moe_down_combine(h, inds, plan.down, scores, group_size=plan.group_size, bits=plan.bits, fp32=fp32,
-                            down_bias=db)
-    return y.reshape(*x.shape[:-1], y.shape[-1])
+    return zk.moe_down_combine(h, inds, plan.down, scores, group_size=plan.group_size, bits=plan.bits, fp32=fp32,
+                               down_bias=db, out_shape=(*x.shape[:-1], plan.down[0].shape[-2]))
