@@ -16,17 +16,17 @@ from zmlx import kernels as zk
 
 @dataclass(frozen=True)
 class DensePlan:
-    owner: weakref.ref
     gate: tuple[mx.array, mx.array, mx.array]
     up: tuple[mx.array, mx.array, mx.array]
     group_size: int
     bits: int
 
 
-_PLANS: dict[int, DensePlan | None] = {}
+# id(block) -> (weakref to it, plan or None when it cannot be fused); see _experts.py
+_PLANS: dict[int, tuple[weakref.ref, DensePlan | None]] = {}
 
 
-def _build(gate: nn.Module, up: nn.Module, owner: nn.Module) -> DensePlan | None:
+def _build(gate: nn.Module, up: nn.Module) -> DensePlan | None:
     projs = (gate, up)
     if not all(type(p) is nn.QuantizedLinear for p in projs):
         return None
@@ -35,15 +35,17 @@ def _build(gate: nn.Module, up: nn.Module, owner: nn.Module) -> DensePlan | None
     if (gate.group_size, gate.bits) != (up.group_size, up.bits):
         return None
     quant = [(p["weight"], p["scales"], p["biases"]) for p in projs]
-    return DensePlan(weakref.ref(owner), *quant, gate.group_size, gate.bits)
+    return DensePlan(*quant, gate.group_size, gate.bits)
 
 
 def plan_for(block: nn.Module, gate_name: str, up_name: str) -> DensePlan | None:
-    plan = _PLANS.get(id(block), False)
-    if plan is not False and (plan is None or (plan.owner() is block and plan.gate[0] is block[gate_name]["weight"])):
-        return plan
-    plan = _build(block[gate_name], block[up_name], block)
-    _PLANS[id(block)] = plan
+    hit = _PLANS.get(id(block))
+    if hit is not None and hit[0]() is block:
+        plan = hit[1]
+        if plan is None or plan.gate[0] is block[gate_name]["weight"]:
+            return plan
+    plan = _build(block[gate_name], block[up_name])
+    _PLANS[id(block)] = (weakref.ref(block), plan)
     return plan
 
 

@@ -21,7 +21,6 @@ from zmlx import kernels as zk
 class ExpertPlan:
     """Everything the two launches need, read once from a SwitchGLU (arrays are references, not copies)."""
 
-    owner: weakref.ref
     gate: tuple[mx.array, mx.array, mx.array]
     up: tuple[mx.array, mx.array, mx.array]
     down: tuple[mx.array, mx.array, mx.array]
@@ -33,8 +32,9 @@ class ExpertPlan:
     limit: float = 7.0
 
 
-# id(SwitchGLU) -> plan (or None when it cannot be fused); validated by a weakref and the gate weight's identity
-_PLANS: dict[int, ExpertPlan | None] = {}
+# id(SwitchGLU) -> (weakref to it, plan or None when it cannot be fused); the weakref guards against id reuse and
+# the gate weight's identity against weights replaced after patching
+_PLANS: dict[int, tuple[weakref.ref, ExpertPlan | None]] = {}
 
 
 def _activation(act: nn.Module) -> tuple[str, float, float] | None:
@@ -60,20 +60,18 @@ def _build(experts: SwitchGLU) -> ExpertPlan | None:
     biases = tuple(p["bias"] if "bias" in p else None for p in projs)
     if (biases[0] is None) != (biases[1] is None):
         return None
-    return ExpertPlan(weakref.ref(experts), *quant, biases, projs[0].group_size, projs[0].bits, *act)
+    return ExpertPlan(*quant, biases, projs[0].group_size, projs[0].bits, *act)
 
 
 def plan_for(experts: nn.Module) -> ExpertPlan | None:
-    plan = _PLANS.get(id(experts), False)
-    if plan is not False and (plan is None or (plan.owner() is experts and plan.gate[0] is experts.gate_proj["weight"])):
-        return plan
+    hit = _PLANS.get(id(experts))
+    if hit is not None and hit[0]() is experts:
+        plan = hit[1]
+        if plan is None or plan.gate[0] is experts.gate_proj["weight"]:
+            return plan
     plan = _build(experts) if isinstance(experts, SwitchGLU) else None
-    _PLANS[id(experts)] = plan
+    _PLANS[id(experts)] = (weakref.ref(experts), plan)
     return plan
-
-
-def forget(experts: nn.Module) -> None:
-    _PLANS.pop(id(experts), None)
 
 
 def fused_experts(plan: ExpertPlan, x: mx.array, inds: mx.array, scores: mx.array, fp32: bool) -> mx.array:
