@@ -75,8 +75,11 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def default_capsule_name(created: dt.datetime, device: str, models: Sequence[str]) -> str:
-    """``YYYYMMDD_<device>_<models>.json``, e.g. ``20261127_nvidia-h100-80gb-hbm3_qwen3-30b-a3b.json``."""
-    names = "+".join(_slug(m.split(":", 1)[-1].rsplit("/", 1)[-1], 24) for m in models)
+    """``YYYYMMDD_<device>_<models>.json``, e.g. ``20261127_nvidia-h100-80gb-hbm3_qwen3-30b-a3b.json``.
+
+    Models are joined with ``_`` (letters, digits, ``-``, ``_`` only: names some file transports drop, like ``+``,
+    never appear)."""
+    names = "_".join(_slug(m.split(":", 1)[-1].rsplit("/", 1)[-1], 24) for m in models)
     return f"{created:%Y%m%d}_{_slug(device, 32)}_{names[:120]}.json"
 
 
