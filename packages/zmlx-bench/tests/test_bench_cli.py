@@ -201,5 +201,5 @@ def test_run_writes_the_capsule_and_exits_by_verdict(tmp_path, monkeypatch, caps
     assert ("fidelity FAIL" in err) == ("fail" in kinds)
     (written,) = out.iterdir()
     cap = load_capsule(written)
-    assert written.name.endswith(("_a.json", "_a+b.json")) and cap.methodology.patterns == ["moe_mlp"]
+    assert written.name.endswith(("_a.json", "_a_b.json")) and cap.methodology.patterns == ["moe_mlp"]
     assert [r.fidelity.verdict for r in cap.results] == [k.upper() for k in kinds]

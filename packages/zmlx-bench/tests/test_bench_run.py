@@ -37,7 +37,7 @@ def test_default_capsule_name_says_date_device_and_models():
 
     name = default_capsule_name(dt.datetime(2026, 11, 27, tzinfo=dt.UTC), "NVIDIA H100 80GB HBM3",
                                 ["synthetic:qwen3-30b-a3b", "mlx-community/Llama-3-8B-4bit"])
-    assert name == "20261127_nvidia-h100-80gb-hbm3_qwen3-30b-a3b+llama-3-8b-4bit.json"
+    assert name == "20261127_nvidia-h100-80gb-hbm3_qwen3-30b-a3b_llama-3-8b-4bit.json"
 
 
 @pytest.fixture(scope="module")
