@@ -21,6 +21,8 @@ CUDA reproduces mlx/backend/cuda/softmax.cu (online max/normalizer, ``__expf``, 
 
 from __future__ import annotations
 
+import functools
+
 import mlx.core as mx
 
 from ..emit import Backend, KernelSpec, Param
@@ -329,18 +331,19 @@ def geometry(variant: str, backend: Backend, dtype: mx.Dtype, experts: int) -> t
     return 32 * (-(-needed // 32)), nr
 
 
+@functools.lru_cache(maxsize=256)  # per-call on the decode path: same arguments every layer and token
 def template(
     variant: str, backend: Backend, *, dtype: mx.Dtype, wdtype: mx.Dtype, sum_dtype: mx.Dtype, soft_dtype: mx.Dtype,
     experts: int, k: int, neg: bool, renorm: bool, has_bias: bool, scale: bool, n_group: int, topk_group: int,
     flat: bool,
-) -> tuple[list[tuple[str, object]], int]:
+) -> tuple[tuple[tuple[str, object], ...], int]:
     tg, nr = geometry(variant, backend, dtype, experts)
     # mx.sum over k: row_reduce_simple reads 16 bytes per thread; a 1-D input is an all-reduce (8 per thread).
     ns = 8 if flat else 16 // sum_dtype.size
     nrk = 16 // soft_dtype.size if backend == "cuda" else 4
-    tmpl = [
+    tmpl = (
         ("T", dtype), ("U", sum_dtype), ("S", soft_dtype), ("W", wdtype), ("E", experts), ("K", k), ("TG", tg),
         ("NR", nr), ("NS", ns if backend == "cuda" else 1), ("NRK", nrk), ("NEG", neg), ("RENORM", renorm),
         ("HAS_BIAS", has_bias), ("SCALE", scale), ("NG", n_group), ("TKG", topk_group), ("ONLINE", backend == "cuda"),
-    ]
+    )
     return tmpl, tg

@@ -8,6 +8,8 @@ the fused path is op-for-op the original block.
 
 from __future__ import annotations
 
+import functools
+
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.nn.layers.distributed import sum_gradients
@@ -57,10 +59,29 @@ def _logits(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
     return router(x.astype(mx.float32) if site.logits == "linear_fp32" else x)
 
 
+_LITERAL, _ATTR, _XDTYPE = 0, 1, 2
+
+
+@functools.cache
+def _recipe(site: MoeSite) -> tuple[tuple[str, int, object], ...]:
+    # the gating arguments, pre-split once per site: _route runs for every MoE layer at every token
+    return tuple((name, _ATTR, tuple(v.path.split("."))) if isinstance(v, Attr) else
+                 (name, _XDTYPE, None) if isinstance(v, XDtype) else (name, _LITERAL, v)
+                 for name, v in site.gating.args)
+
+
 def _route(self: nn.Module, site: MoeSite, x: mx.array) -> tuple[mx.array, mx.array]:
     kwargs = {}
-    for name, v in site.gating.args:
-        kwargs[name] = lookup(self, v.path) if isinstance(v, Attr) else x.dtype if isinstance(v, XDtype) else v
+    for name, kind, value in _recipe(site):
+        if kind == _ATTR:
+            obj = self
+            for part in value:
+                obj = getattr(obj, part, None)
+                if obj is None:
+                    break
+            kwargs[name] = obj
+        else:
+            kwargs[name] = x.dtype if kind == _XDTYPE else value
     return getattr(zk, site.gating.op)(_logits(self, site, x), **kwargs)
 
 
