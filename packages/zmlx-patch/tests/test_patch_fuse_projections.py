@@ -2,7 +2,6 @@
 
 import mlx.core as mx
 import pytest
-import zmlx.kernels as zk
 import zmlx_patch_tiny as tiny
 from zmlx.patch import patch, unpatch
 
@@ -10,16 +9,7 @@ FAMILIES = ["qwen3_moe", "gpt_oss", "mixtral", "lfm2_moe", "llama", "gemma2"]
 
 
 def _spy(monkeypatch):
-    calls = {"moe_gate_up": 0, "dense_gate_up": 0}
-    for name in calls:
-        real = getattr(zk, name)
-
-        def spy(*a, _real=real, _name=name, **kw):
-            calls[_name] += 1
-            return _real(*a, **kw)
-
-        monkeypatch.setattr(zk, name, spy)
-    return calls
+    return tiny.count_kernel_calls(monkeypatch, ("moe_gate_up", "dense_gate_up"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

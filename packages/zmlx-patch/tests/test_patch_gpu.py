@@ -62,16 +62,7 @@ def _decode_logits(model, seq: mx.array) -> list[mx.array]:
 
 
 def _count_kernel_calls(monkeypatch) -> dict[str, int]:
-    counts = dict.fromkeys(OPS, 0)
-    for name in OPS:
-        real = getattr(zk, name)
-
-        def spy(*a, _real=real, _name=name, **kw):
-            counts[_name] += 1
-            return _real(*a, **kw)
-
-        monkeypatch.setattr(zk, name, spy)
-    return counts
+    return tiny.count_kernel_calls(monkeypatch, OPS)
 
 
 def _first_diff(a: list[int], b: list[int]) -> int | None:

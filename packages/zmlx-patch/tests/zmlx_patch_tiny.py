@@ -126,3 +126,19 @@ def logits(model: nn.Module, toks: mx.array) -> mx.array:
     out = model(toks)
     mx.eval(out)
     return out
+
+
+def count_kernel_calls(monkeypatch, names) -> dict[str, int]:
+    """Wrap each named ``zmlx.kernels`` op in a counting spy (undone by ``monkeypatch``); returns the live counts."""
+    import zmlx.kernels as zk
+
+    counts = dict.fromkeys(names, 0)
+    for name in names:
+        real = getattr(zk, name)
+
+        def spy(*a, _real=real, _name=name, **kw):
+            counts[_name] += 1
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(zk, name, spy)
+    return counts

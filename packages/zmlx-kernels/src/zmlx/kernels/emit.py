@@ -154,26 +154,23 @@ def full_source(spec: KernelSpec, backend: Backend, templates: dict[str, str | i
     src = emit(spec, backend)
     table = _METAL_TYPES if backend == "metal" else _CUDA_TYPES
     params: list[str] = []
-    for p in spec.inputs:
+
+    def pointer(p: Param, const: bool) -> str:
+        # one array parameter as MLX declares it: Metal buffers carry an address space and a slot
         if backend == "metal":
-            ty = _metal_param_type(p.ctype, tmpl, table)
-            params.append(f"const device {ty}* {p.name} [[buffer({len(params)})]]")
-        else:
-            params.append(f"const {_ctype(p.ctype, tmpl, table)}* {p.name}")
+            return (f"{'const ' if const else ''}device {_metal_param_type(p.ctype, tmpl, table)}* {p.name} "
+                    f"[[buffer({len(params)})]]")
+        return f"{'const ' if const else ''}{_ctype(p.ctype, tmpl, table)}* {p.name}"
+
+    for p in spec.inputs:
+        params.append(pointer(p, const=True))
         for suffix, mty, cty in (("_shape", "const constant int*", "const __grid_constant__ Shape"),
                                  ("_strides", "const constant int64_t*", "const __grid_constant__ Strides"),
                                  ("_ndim", "const constant int&", "const __grid_constant__ int")):
             if f"{p.name}{suffix}" in src.source:
-                if backend == "metal":
-                    params.append(f"{mty} {p.name}{suffix} [[buffer({len(params)})]]")
-                else:
-                    params.append(f"{cty} {p.name}{suffix}")
-    for p in spec.outputs:
-        if backend == "metal":
-            ty = _metal_param_type(p.ctype, tmpl, table)
-            params.append(f"device {ty}* {p.name} [[buffer({len(params)})]]")
-        else:
-            params.append(f"{_ctype(p.ctype, tmpl, table)}* {p.name}")
+                params.append(f"{mty} {p.name}{suffix} [[buffer({len(params)})]]" if backend == "metal"
+                              else f"{cty} {p.name}{suffix}")
+    params.extend(pointer(p, const=False) for p in spec.outputs)
     name = f"custom_kernel_{spec.kernel_name}"
     if backend == "metal":
         params += [f"{ty} {attr} [[{attr}]]" for ty, attr in _METAL_ATTRS]
