@@ -69,9 +69,12 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
 
 
-@pytest.mark.parametrize("fuse", [False, True], ids=["default", "fuse_projections"])
+MODES = {"default": {}, "fuse_projections": {"fuse_projections": True}, "compile_blocks": {"compile_blocks": True}}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("family", tiny.FAMILIES)
-def test_family_patched_identical_on_gpu(family, fuse, models, monkeypatch):
+def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
     model = models(family)
     moe = family in tiny.MOE_FAMILIES
     prompt = tiny.tokens(6)[0]
@@ -79,7 +82,7 @@ def test_family_patched_identical_on_gpu(family, fuse, models, monkeypatch):
     base = _greedy(model, prompt, N_TOKENS)
     base_logits = _decode_logits(model, seq) if moe else []
 
-    result = patch(model, verbose=False, fuse_projections=fuse)
+    result = patch(model, verbose=False, **MODES[mode])
     try:
         assert result.counts == tiny.CONFIGS[family][1]
         calls = _count_kernel_calls(monkeypatch)
@@ -94,7 +97,7 @@ def test_family_patched_identical_on_gpu(family, fuse, models, monkeypatch):
     worst = max((mx.abs(w.astype(mx.float32) - g.astype(mx.float32)).max().item()
                  for w, g in zip(base_logits, got_logits, strict=True)), default=0.0)
     first = _first_diff(base, got)
-    print(f"[gpu] {family}{' fuse_projections' if fuse else ''}: {N_TOKENS} tokens, first divergence {first}, unpatched again "
+    print(f"[gpu] {family} {mode}: {N_TOKENS} tokens, first divergence {first}, unpatched again "
           f"{'identical' if again == base else f'diverges at {_first_diff(base, again)}'}, distinct tokens "
           f"{len(set(base))}, kernel calls { {k: v for k, v in calls.items() if v} }"
           + (f", max |logit diff| over {N_LOGIT_STEPS} decode steps = {worst}" if moe else ""))

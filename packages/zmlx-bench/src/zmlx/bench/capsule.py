@@ -83,6 +83,9 @@ class Methodology(Base, kw_only=True):
     fuse_projections: Annotated[
         bool, _doc("patch(fuse_projections=...): quantized projections fused at decode")
     ] = False
+    compile_blocks: Annotated[
+        bool | None, _doc("patch(compile_blocks=...): patched blocks traced by mx.compile (None: older capsule)")
+    ] = None
     patterns: Annotated[
         list[str] | None, _doc("--patterns as given (None: the patch's defaults for each family)")
     ] = None

@@ -87,7 +87,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         capsule = run_models(
             args.models, runs=args.runs, max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens,
             warmup=args.warmup, seed=args.seed, max_fused_tokens=args.max_fused_tokens,
-            fuse_projections=args.fuse_projections, patterns=patterns,
+            fuse_projections=args.fuse_projections, compile_blocks=args.compile_blocks, patterns=patterns,
             exclude=exclude, cache_dir=args.cache_dir, resamples=args.resamples, kernels=args.kernels,
             command=["zmlx-bench", *args.argv], quiet=args.quiet,
         )
@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused path only for M <= this many tokens (default 32)")
     r.add_argument("--fuse-projections", action="store_true",
                    help="also fuse the quantized projections at decode (patch(fuse_projections=True))")
+    r.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
+                   help="trace patched feed-forward blocks with mx.compile at decode (default: patch()'s)")
     r.add_argument("--out", "-o", metavar="PATH",
                    help="capsule file, or a directory to name it in (YYYYMMDD_device_models.json); "
                         "default: that name in the current directory")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import inspect
 import random
 import re
 import sys
@@ -117,6 +118,7 @@ def run_models(
     seed: int = 0,
     max_fused_tokens: int = 32,
     fuse_projections: bool = False,
+    compile_blocks: bool | None = None,
     patterns: list[str] | None = None,
     exclude: Sequence[str] = (),
     cache_dir: str | None = None,
@@ -133,6 +135,12 @@ def run_models(
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
     env = collect_environment()
     patch_kwargs: dict[str, Any] = {"max_fused_tokens": max_fused_tokens, "fuse_projections": fuse_projections}
+    if compile_blocks is None:  # record what patch() does by default
+        from zmlx.patch import patch
+
+        compile_blocks = inspect.signature(patch).parameters["compile_blocks"].default
+    else:
+        patch_kwargs["compile_blocks"] = compile_blocks
     if patterns is not None:
         patch_kwargs["patterns"] = list(patterns)
     if exclude:
@@ -196,6 +204,7 @@ def run_models(
             seed=seed,
             max_fused_tokens=max_fused_tokens,
             fuse_projections=fuse_projections,
+            compile_blocks=compile_blocks,
             patterns=None if patterns is None else list(patterns),
             exclude=list(exclude),
             prompt=f"{prompt_tokens} tokens of seeded random plain words (zmlx.bench.run.synth_prompt_ids, "

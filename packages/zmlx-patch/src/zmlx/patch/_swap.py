@@ -4,6 +4,10 @@ The patched class is a cached subclass of the module's original class, so ``isin
 ``sharding_group`` and every attribute behave as before. Its ``__call__`` takes the pattern's fused path only while
 the block sees at most ``max_fused_tokens`` tokens (decode) and otherwise runs the original class's ``__call__``
 (prefill), so long inputs execute exactly mlx-lm's code. ``restore`` puts the original class back.
+
+With ``compiled``, a block whose fused path takes only ``x`` runs it through ``mx.compile`` (one traced graph per
+input shape, the module's arrays passed as live inputs so weight updates are seen): every later decode step replays
+the traced primitives instead of rebuilding them in Python, which is most of a small block's host cost.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-# (original class, pattern name, max_fused_tokens, site) -> patched subclass; one class per combination so an
-# instance carries no extra state and unpatching is a single __class__ assignment.
-_CLASSES: dict[tuple[type, str, int, Any], type] = {}
+# (original class, pattern name, max_fused_tokens, site, compiled) -> patched subclass; one class per combination so
+# unpatching is a __class__ assignment (plus dropping the compiled function, the one per-instance attribute).
+_CLASSES: dict[tuple[type, str, int, Any, bool], type] = {}
+_COMPILED = "_zmlx_compiled"
 
 FusedFn = Callable[..., Any]
 
@@ -26,9 +31,25 @@ def token_count(x: mx.array) -> int:
     return x.size // x.shape[-1] if x.ndim else 1
 
 
-def patched_class(original: type, pattern: str, max_fused_tokens: int, site: Any, fused: FusedFn) -> type:
+def _compiled_fn(module: nn.Module, site: Any, fused: FusedFn) -> Callable[[mx.array], mx.array]:
+    fn = module.__dict__.get(_COMPILED)
+    if fn is None:
+        # inputs=module: its arrays are read at every call, so the traced graph never holds stale weights
+        fn = mx.compile(lambda x: fused(module, site, x), inputs=module)
+        object.__setattr__(module, _COMPILED, fn)
+    return fn
+
+
+def has_collectives(module: nn.Module) -> bool:
+    """A block sharded by ``model.shard()`` (its own ``sharding_group`` or sharded linears with a ``group``)."""
+    return any(getattr(m, "sharding_group", None) is not None or getattr(m, "group", None) is not None
+               for _, m in module.named_modules())
+
+
+def patched_class(original: type, pattern: str, max_fused_tokens: int, site: Any, fused: FusedFn,
+                  compiled: bool = False) -> type:
     """The subclass of ``original`` whose ``__call__`` runs ``fused(self, site, x, ...)`` for short inputs."""
-    key = (original, pattern, max_fused_tokens, site)
+    key = (original, pattern, max_fused_tokens, site, compiled)
     cls = _CLASSES.get(key)
     if cls is not None:
         return cls
@@ -36,6 +57,8 @@ def patched_class(original: type, pattern: str, max_fused_tokens: int, site: Any
 
     def __call__(self, x, *args, **kwargs):
         if token_count(x) <= max_fused_tokens:
+            if compiled and not args and not kwargs:
+                return _compiled_fn(self, site, fused)(x)
             return fused(self, site, x, *args, **kwargs)
         return original_call(self, x, *args, **kwargs)
 
@@ -50,6 +73,7 @@ def patched_class(original: type, pattern: str, max_fused_tokens: int, site: Any
             "_zmlx_original": original,
             "_zmlx_pattern": pattern,
             "_zmlx_max_fused_tokens": max_fused_tokens,
+            "_zmlx_compiled_path": compiled,
         },
     )
     _CLASSES[key] = cls
@@ -74,5 +98,6 @@ def restore(module: nn.Module) -> bool:
     original = original_class(module)
     if original is None:
         return False
+    module.__dict__.pop(_COMPILED, None)
     module.__class__ = original
     return True

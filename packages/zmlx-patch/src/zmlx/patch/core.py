@@ -88,6 +88,7 @@ def patch(
     max_fused_tokens: int = 32,
     verbose: bool = True,
     fuse_projections: bool = False,
+    compile_blocks: bool = False,
 ) -> PatchResult:
     """Swap the model's matching blocks for fused versions; no weights change.
 
@@ -96,6 +97,8 @@ def patch(
     ``fuse_projections`` also fuses the quantized projections at one token (decode): the experts of an MoE block
     become two launches (gate+up+activation, down+combine) and a dense MLP's gate+up one launch, each with the
     numerics MLX itself uses for that call. Off by default until its speed is shown per family (perf-notes).
+    ``compile_blocks`` runs each patched feed-forward block's decode path through ``mx.compile`` (one trace per
+    input shape; later steps replay it without rebuilding the graph in Python); sharded blocks stay eager.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch() needs an mlx.nn.Module, got {type(model).__name__}")
@@ -141,7 +144,8 @@ def patch(
             continue
         if fuse_projections and hasattr(site, "fuse_projections"):
             site = dataclasses.replace(site, fuse_projections=True)
-        _swap.swap(module, _swap.patched_class(type(module), name, max_fused_tokens, site, pattern.fused))
+        compiled = compile_blocks and pattern.compilable and not _swap.has_collectives(module)
+        _swap.swap(module, _swap.patched_class(type(module), name, max_fused_tokens, site, pattern.fused, compiled))
         counts[name] = counts.get(name, 0) + 1
 
     result.counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))

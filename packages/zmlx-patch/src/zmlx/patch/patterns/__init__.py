@@ -19,6 +19,8 @@ class Pattern:
     # (module, site, x, *args) -> output; runs only when the block sees <= max_fused_tokens tokens
     fused: Callable[..., Any]
     summary: str
+    # the fused path takes only x (a feed-forward block), so patch(compile_blocks=True) may trace it
+    compilable: bool = True
 
 
 PATTERNS: dict[str, Pattern] = {
@@ -27,7 +29,7 @@ PATTERNS: dict[str, Pattern] = {
         Pattern("swiglu_mlp", swiglu_mlp.check, swiglu_mlp.fused, swiglu_mlp.SUMMARY),
         Pattern("geglu_mlp", geglu_mlp.check, geglu_mlp.fused, geglu_mlp.SUMMARY),
         Pattern("moe_mlp", moe_mlp.check, moe_mlp.fused, moe_mlp.SUMMARY),
-        Pattern("residual_norm", residual_norm.check, residual_norm.fused, residual_norm.SUMMARY),
+        Pattern("residual_norm", residual_norm.check, residual_norm.fused, residual_norm.SUMMARY, compilable=False),
     )
 }
 

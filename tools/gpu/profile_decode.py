@@ -1,0 +1,136 @@
+"""Where one decode step's time goes on a CUDA host: device time per kernel (under ncu) and host time per step.
+
+  python3 tools/gpu/profile_decode.py MODEL [--mode stock|patched|compiled] [--steps N] --time
+      wall ms per decode step, eager (model + eval per token) and pipelined (mlx-lm's generate_step)
+  ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --log-file K.csv \\
+      python3 tools/gpu/profile_decode.py MODEL --mode M --steps 1
+      kernels of exactly --steps decode steps, bracketed by cuProfilerStart/Stop after a warm-up
+  python3 tools/gpu/profile_decode.py --summarize K.csv [--steps N]
+      device microseconds per step by kernel, largest first
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import re
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+PROMPT_TOKENS = 128
+
+
+def _model(name: str, mode: str, cache_dir: str | None):
+    import mlx.core as mx
+    from zmlx.validate import load_model
+
+    model, _, _ = load_model(name, cache_dir=cache_dir)
+    if mode != "stock":
+        from zmlx.patch import patch
+
+        patch(model, verbose=True, compile_blocks=mode == "compiled")
+    mx.random.seed(0)
+    prompt = mx.random.randint(0, model.args.vocab_size, (PROMPT_TOKENS,))
+    return model, prompt
+
+
+def _prefill(model, prompt):
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    logits = model(prompt[None], cache=cache)
+    tok = mx.argmax(logits[:, -1:], axis=-1)
+    mx.eval(tok)
+    return cache, tok
+
+
+def _step(model, cache, tok):
+    import mlx.core as mx
+
+    tok = mx.argmax(model(tok, cache=cache)[:, -1:], axis=-1)
+    mx.eval(tok)
+    return tok
+
+
+def time_steps(model, prompt, steps: int) -> None:
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_sampler
+
+    cache, tok = _prefill(model, prompt)
+    for _ in range(8):
+        tok = _step(model, cache, tok)
+    eager = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        tok = _step(model, cache, tok)
+        eager.append((time.perf_counter() - t0) * 1e3)
+    stamps = []
+    for _ in generate_step(prompt, model, max_tokens=steps + 8, sampler=make_sampler(temp=0.0)):
+        stamps.append(time.perf_counter())
+    piped = [(b - a) * 1e3 for a, b in zip(stamps[8:], stamps[9:])]
+    print(f"eager ms/step median {statistics.median(eager):.3f} (min {min(eager):.3f}, max {max(eager):.3f}); "
+          f"generate_step ms/token median {statistics.median(piped):.3f} "
+          f"(min {min(piped):.3f}, max {max(piped):.3f}); {steps} steps")
+
+
+def profile_steps(model, prompt, steps: int) -> None:
+    cuda = ctypes.CDLL("libcuda.so.1")
+    cache, tok = _prefill(model, prompt)
+    for _ in range(8):  # every kernel compiled and every graph shape seen before the profiled range
+        tok = _step(model, cache, tok)
+    cuda.cuProfilerStart()
+    for _ in range(steps):
+        tok = _step(model, cache, tok)
+    cuda.cuProfilerStop()
+
+
+def _family(kernel: str) -> str:
+    name = re.sub(r"^(void )?", "", kernel)
+    name = re.split(r"[<(]", name, maxsplit=1)[0]
+    return name.split("::")[-1] or kernel[:60]
+
+
+def summarize(path: str, steps: int) -> None:
+    per: dict[str, list[float]] = defaultdict(list)
+    with open(path, newline="") as f:
+        lines = [line for line in f if line.startswith('"')]  # ncu's own log lines come first
+    for row in csv.DictReader(lines):
+        if row.get("Metric Name") != "gpu__time_duration.sum":
+            continue
+        value = float(row["Metric Value"].replace(",", ""))
+        unit = row.get("Metric Unit", "nsecond")
+        us = value / 1e3 if unit.startswith("n") else value if unit.startswith("u") else value * 1e3
+        per[_family(row["Kernel Name"])].append(us)
+    total = sum(sum(v) for v in per.values())
+    launches = sum(len(v) for v in per.values())
+    print(f"device time per step: {total / steps:.1f} us over {launches / steps:.0f} kernel launches ({path})")
+    print("| kernel | launches/step | us/step | share |\n|---|---|---|---|")
+    for name, v in sorted(per.items(), key=lambda kv: -sum(kv[1])):
+        print(f"| `{name}` | {len(v) / steps:.0f} | {sum(v) / steps:.1f} | {100 * sum(v) / total:.1f}% |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", nargs="?")
+    p.add_argument("--mode", choices=("stock", "patched", "compiled"), default="stock")
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--time", action="store_true", help="time steps instead of bracketing them for ncu")
+    p.add_argument("--cache-dir", default="/tmp/zmlx-synth")
+    p.add_argument("--summarize", metavar="CSV")
+    args = p.parse_args(argv)
+    if args.summarize:
+        summarize(args.summarize, args.steps)
+        return 0
+    if not args.model:
+        p.error("MODEL is required unless --summarize")
+    model, prompt = _model(args.model, args.mode, args.cache_dir)
+    (time_steps if args.time else profile_steps)(model, prompt, args.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
