@@ -16,6 +16,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 from zmlx.kernels.backend import gpu_backend
+from zmlx.patch.registry import FAMILIES
 from zmlx.validate.cli import main
 from zmlx.validate.record import ValidationRecord
 from zmlx.validate.synthetic import ZOO
@@ -31,8 +32,11 @@ pytestmark = [
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_family_passes_on_gpu(name, synth_cache, tmp_path, capsys):
     path = tmp_path / f"{name}.json"
+    # patterns off by default on CUDA for speed (registry.SLOW_ON_CUDA) are still validated for fidelity
+    family = FAMILIES[ZOO[name].model_type]
+    patterns = ["--patterns", ",".join(family.default_patterns())] if family.slow_on_cuda else []
     rc = main([f"synthetic:{name}", "--max-tokens", "200", "--runs", "3", "--quiet", "--bisect",
-               "--cache-dir", synth_cache, "--json", str(path)])
+               "--cache-dir", synth_cache, "--json", str(path), *patterns])
     out = capsys.readouterr().out
     rec = msgspec.json.decode(path.read_bytes(), type=ValidationRecord)
     with capsys.disabled():

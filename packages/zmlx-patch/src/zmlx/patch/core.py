@@ -144,7 +144,7 @@ def patch(
             continue
         if fuse_projections and hasattr(site, "fuse_projections"):
             site = dataclasses.replace(site, fuse_projections=True)
-        compiled = compile_blocks and pattern.compilable and not _swap.has_collectives(module)
+        compiled = compile_blocks and pattern.compilable(site) and not _swap.has_collectives(module)
         _swap.swap(module, _swap.patched_class(type(module), name, max_fused_tokens, site, pattern.fused, compiled))
         counts[name] = counts.get(name, 0) + 1
 

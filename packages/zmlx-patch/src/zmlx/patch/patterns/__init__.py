@@ -19,8 +19,8 @@ class Pattern:
     # (module, site, x, *args) -> output; runs only when the block sees <= max_fused_tokens tokens
     fused: Callable[..., Any]
     summary: str
-    # the fused path takes only x (a feed-forward block), so patch(compile_blocks=True) may trace it
-    compilable: bool = True
+    # site -> whether patch(compile_blocks=True) may trace the fused path (it must take only x)
+    compilable: Callable[[Any], bool] = lambda site: True
 
 
 PATTERNS: dict[str, Pattern] = {
@@ -28,8 +28,9 @@ PATTERNS: dict[str, Pattern] = {
     for p in (
         Pattern("swiglu_mlp", swiglu_mlp.check, swiglu_mlp.fused, swiglu_mlp.SUMMARY),
         Pattern("geglu_mlp", geglu_mlp.check, geglu_mlp.fused, geglu_mlp.SUMMARY),
-        Pattern("moe_mlp", moe_mlp.check, moe_mlp.fused, moe_mlp.SUMMARY),
-        Pattern("residual_norm", residual_norm.check, residual_norm.fused, residual_norm.SUMMARY, compilable=False),
+        Pattern("moe_mlp", moe_mlp.check, moe_mlp.fused, moe_mlp.SUMMARY, compilable=moe_mlp.compilable),
+        Pattern("residual_norm", residual_norm.check, residual_norm.fused, residual_norm.SUMMARY,
+                compilable=lambda site: False),
     )
 }
 
