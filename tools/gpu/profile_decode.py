@@ -1,6 +1,6 @@
 """Where one decode step's time goes on a CUDA host: device time per kernel (under ncu) and host time per step.
 
-  python3 tools/gpu/profile_decode.py MODEL [--mode stock|patched|compiled] [--steps N] --time
+  python3 tools/gpu/profile_decode.py MODEL [--mode stock|patched|compiled|fused] [--steps N] --time
       wall ms per decode step, eager (model + eval per token) and pipelined (mlx-lm's generate_step)
   ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --log-file K.csv \\
       python3 tools/gpu/profile_decode.py MODEL --mode M --steps 1
@@ -31,7 +31,7 @@ def _model(name: str, mode: str, cache_dir: str | None):
     if mode != "stock":
         from zmlx.patch import patch
 
-        patch(model, verbose=True, compile_blocks=mode == "compiled")
+        patch(model, verbose=True, compile_blocks=mode == "compiled", fuse_projections=mode == "fused")
     mx.random.seed(0)
     prompt = mx.random.randint(0, model.args.vocab_size, (PROMPT_TOKENS,))
     return model, prompt
@@ -116,7 +116,7 @@ def summarize(path: str, steps: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?")
-    p.add_argument("--mode", choices=("stock", "patched", "compiled"), default="stock")
+    p.add_argument("--mode", choices=("stock", "patched", "compiled", "fused"), default="stock")
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--time", action="store_true", help="time steps instead of bracketing them for ncu")
     p.add_argument("--cache-dir", default="/tmp/zmlx-synth")

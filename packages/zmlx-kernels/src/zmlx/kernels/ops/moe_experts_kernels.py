@@ -45,6 +45,8 @@ _GATE_UP_QMV = """\
   constexpr int EPT = BITS == 4 ? 16 : 8;
   A acc_g[EPT], acc_u[EPT];
   for (int i = 0; i < EPT; ++i) { acc_g[i] = A(0.0f); acc_u[i] = A(0.0f); }
+  // unrolled so the next steps' weight and scale loads are issued before this step's fmas wait on them
+#pragma unroll 4
   for (int k0 = int(zm_lane) * EPT; k0 < K; k0 += 32 * EPT) {
     const int grp = k0 / GS;
     const T sg = s_gate[row * G + grp], bg = b_gate[row * G + grp];
@@ -70,12 +72,17 @@ _GATE_UP_QMV = """\
 
 _GATE_UP_MMA = """\
   // grid: x = tiles of 4 warps x 8 rows, y = expert slot l. One warp per 8 rows; gate and up chains.
-  // Weights are staged per warp through shared memory, CW words per row at a time, with 16-byte loads issued
-  // together (the MMA chain itself is sequential over k, so memory parallelism has to come from the staging).
+  // The MMA chain is sequential over k, so it must never wait on memory: per chunk of CW words per row, all its
+  // inputs (weights in 16-byte loads issued together, this warp's scales and biases, the block's x) are staged
+  // in shared memory first. Numerics are unchanged: same instruction, same k order, same dequant.
   constexpr int WARPS = 4;
-  constexpr int CW = 64;  // words per row per chunk (512 k at 4 bits)
+  constexpr int CW = 128;                 // words per row per chunk (1024 k at 4 bits, 512 at 8)
   constexpr int PER = 32 / BITS;
+  constexpr int GMAX = CW * PER / GS;     // quantization groups per row per chunk
+  constexpr int NV = 8 * (CW / 4) / 32;   // 16-byte vectors per lane per matrix per full chunk
   ZM_SHARED uint32_t sw[WARPS][2][8][CW];
+  ZM_SHARED T ssb[WARPS][4][8][GMAX];     // gate scale, gate bias, up scale, up bias
+  ZM_SHARED uint32_t xs[CW * PER / 2];    // the chunk of x as bf16 pairs
   const int N = w_gate_shape[w_gate_ndim - 2];
   const int KW = w_gate_shape[w_gate_ndim - 1];
   const int K = KW * PER;
@@ -83,46 +90,71 @@ _GATE_UP_MMA = """\
   const int l = int(zm_bid_y);
   const int warp = int(zm_warp);
   const int n0 = (int(zm_bid) * WARPS + warp) * 8;
-  if (n0 >= N) return;  // warp-uniform; no block barrier below
+  const bool active = n0 < N;  // warp-uniform; idle warps still meet the block barriers
   const int g8 = int(zm_lane) / 4, c = int(zm_lane) % 4;
   const uint32_t e = inds[l];
   const size_t row0 = size_t(e) * size_t(N) + size_t(n0);
-  const size_t row = row0 + size_t(g8);  // this lane's B column = weight row n0 + g8
   const auto xr = x + size_t(X_PER_EXPERT ? l : 0) * size_t(K);
   float dg0 = 0.0f, dg1 = 0.0f, dg2 = 0.0f, dg3 = 0.0f, du0 = 0.0f, du1 = 0.0f, du2 = 0.0f, du3 = 0.0f;
   for (int cw0 = 0; cw0 < KW; cw0 += CW) {
-    const int cw = KW - cw0 < CW ? KW - cw0 : CW;  // a multiple of 8 words (K % 64 == 0)
-    const int vecs = 8 * (cw / 4);                 // 16-byte vectors per matrix in this chunk
-    ZM_WARP_SYNC();
-    for (int v = int(zm_lane); v < vecs; v += 32) {
-      const int r = v / (cw / 4), q = (v % (cw / 4)) * 4;
-      const uint4 a = zm_load16(w_gate + (row0 + r) * size_t(KW) + cw0 + q);
-      const uint4 b = zm_load16(w_up + (row0 + r) * size_t(KW) + cw0 + q);
-      sw[warp][0][r][q] = a.x; sw[warp][0][r][q + 1] = a.y; sw[warp][0][r][q + 2] = a.z; sw[warp][0][r][q + 3] = a.w;
-      sw[warp][1][r][q] = b.x; sw[warp][1][r][q + 1] = b.y; sw[warp][1][r][q + 2] = b.z; sw[warp][1][r][q + 3] = b.w;
+    const int cw = KW - cw0 < CW ? KW - cw0 : CW;  // a multiple of 8 words, whole groups (K % max(64, GS) == 0)
+    const int q4 = cw / 4;                         // 16-byte vectors per row in this chunk
+    const int gpc = cw * PER / GS, g0 = cw0 * PER / GS;
+    ZM_BARRIER();  // the previous chunk is consumed by every warp
+    for (int i = int(zm_tid); i < cw * PER / 2; i += WARPS * 32) {
+      xs[i] = zm_pack2(xr[cw0 * PER + 2 * i], xr[cw0 * PER + 2 * i + 1]);
     }
-    ZM_WARP_SYNC();
+    if (active) {
+      uint4 va[NV], vb[NV];
+#pragma unroll
+      for (int j = 0; j < NV; ++j) {  // every load of the chunk in flight before the first store
+        const int v = int(zm_lane) + 32 * j;
+        if (v < 8 * q4) {
+          const size_t off = (row0 + v / q4) * size_t(KW) + cw0 + (v % q4) * 4;
+          va[j] = zm_load16(w_gate + off);
+          vb[j] = zm_load16(w_up + off);
+        }
+      }
+      for (int i = int(zm_lane); i < 8 * gpc; i += 32) {
+        const int r = i / gpc, gi = i % gpc;
+        const size_t idx = (row0 + r) * size_t(G) + g0 + gi;
+        ssb[warp][0][r][gi] = s_gate[idx]; ssb[warp][1][r][gi] = b_gate[idx];
+        ssb[warp][2][r][gi] = s_up[idx]; ssb[warp][3][r][gi] = b_up[idx];
+      }
+#pragma unroll
+      for (int j = 0; j < NV; ++j) {
+        const int v = int(zm_lane) + 32 * j;
+        if (v < 8 * q4) {
+          const int r = v / q4, q = (v % q4) * 4;
+          sw[warp][0][r][q] = va[j].x; sw[warp][0][r][q + 1] = va[j].y;
+          sw[warp][0][r][q + 2] = va[j].z; sw[warp][0][r][q + 3] = va[j].w;
+          sw[warp][1][r][q] = vb[j].x; sw[warp][1][r][q + 1] = vb[j].y;
+          sw[warp][1][r][q + 2] = vb[j].z; sw[warp][1][r][q + 3] = vb[j].w;
+        }
+      }
+    }
+    ZM_BARRIER();
+    if (!active) continue;
     const auto wg = &sw[warp][0][g8][0];
     const auto wu = &sw[warp][1][g8][0];
-    const int kbase = cw0 * PER;
+#pragma unroll 4
     for (int kb = 0; kb < cw * PER; kb += 16) {
-      const int grp = (kbase + kb) / GS;
-      const T sg = s_gate[row * G + grp], bg = b_gate[row * G + grp];
-      const T su = s_up[row * G + grp], bu = b_up[row * G + grp];
+      const int gi = kb / GS;
+      const T sg = ssb[warp][0][g8][gi], bg = ssb[warp][1][g8][gi];
+      const T su = ssb[warp][2][g8][gi], bu = ssb[warp][3][g8][gi];
       const int k0 = kb + 2 * c, k1 = kb + 2 * c + 8;  // within the chunk
       const uint32_t bg0 = zm_pack2(zm_fma(T(float(ZM_Q(wg, k0))), sg, bg), zm_fma(T(float(ZM_Q(wg, k0 + 1))), sg, bg));
       const uint32_t bg1 = zm_pack2(zm_fma(T(float(ZM_Q(wg, k1))), sg, bg), zm_fma(T(float(ZM_Q(wg, k1 + 1))), sg, bg));
       const uint32_t bu0 = zm_pack2(zm_fma(T(float(ZM_Q(wu, k0))), su, bu), zm_fma(T(float(ZM_Q(wu, k0 + 1))), su, bu));
       const uint32_t bu1 = zm_pack2(zm_fma(T(float(ZM_Q(wu, k1))), su, bu), zm_fma(T(float(ZM_Q(wu, k1 + 1))), su, bu));
       // A: row 0 is x (lanes 0-3 hold it), rows 1..15 are zero
-      const int xk0 = kbase + k0, xk1 = kbase + k1;
-      const uint32_t a0 = g8 == 0 ? zm_pack2(xr[xk0], xr[xk0 + 1]) : 0u;
-      const uint32_t a2 = g8 == 0 ? zm_pack2(xr[xk1], xr[xk1 + 1]) : 0u;
+      const uint32_t a0 = g8 == 0 ? xs[k0 / 2] : 0u;
+      const uint32_t a2 = g8 == 0 ? xs[k1 / 2] : 0u;
       zm_mma_bf16_16816(dg0, dg1, dg2, dg3, a0, 0u, a2, 0u, bg0, bg1, zm_lane);
       zm_mma_bf16_16816(du0, du1, du2, du3, a0, 0u, a2, 0u, bu0, bu1, zm_lane);
     }
   }
-  if (g8 != 0) return;  // row 0 of D lives in lanes 0-3: columns 2c and 2c + 1
+  if (!active || g8 != 0) return;  // row 0 of D lives in lanes 0-3: columns 2c and 2c + 1
   for (int r = 0; r < 2; ++r) {
     const int n = n0 + 2 * c + r;
     T g = T(r == 0 ? dg0 : dg1), u = T(r == 0 ? du0 : du1);
@@ -151,6 +183,8 @@ _DOWN_QMV = """\
     constexpr int EPT = BITS == 4 ? 16 : 8;
     A acc[EPT];
     for (int i = 0; i < EPT; ++i) acc[i] = A(0.0f);
+    // unrolled so the next steps' weight and scale loads are issued before this step's fmas wait on them
+#pragma unroll 4
     for (int k0 = int(zm_lane) * EPT; k0 < K; k0 += 32 * EPT) {
       const int grp = k0 / GS;
       const T sd = s_down[row * G + grp], bd = b_down[row * G + grp];
@@ -172,11 +206,15 @@ _DOWN_QMV = """\
 """
 
 _DOWN_MMA = """\
-  // one block per 8 output rows; warp l computes expert slot l's 8 down rows (weights staged through shared
-  // memory as in the gate/up kernel), then 8 threads combine in slot order.
-  constexpr int CW = 64;
+  // one block per 8 output rows; warp l computes expert slot l's 8 down rows, its chunk inputs (weights, scales,
+  // biases, h) staged in shared memory as in the gate/up kernel; then 8 threads combine in slot order.
+  constexpr int CW = KTOP > 8 ? 32 : 64;  // words per row per chunk: KTOP warps share the block's 48 KB
   constexpr int PER = 32 / BITS;
+  constexpr int GMAX = CW * PER / GS;
+  constexpr int NV = 8 * (CW / 4) / 32;
   ZM_SHARED uint32_t sw[KTOP][8][CW];
+  ZM_SHARED T ssb[KTOP][2][8][GMAX];
+  ZM_SHARED uint32_t hs[KTOP][CW * PER / 2];
   ZM_SHARED float ys[KTOP * 8];
   const int N = w_down_shape[w_down_ndim - 2];
   const int KW = w_down_shape[w_down_ndim - 1];
@@ -188,30 +226,45 @@ _DOWN_MMA = """\
   if (n0 < N && l < KTOP) {
     const uint32_t e = inds[l];
     const size_t row0 = size_t(e) * size_t(N) + size_t(n0);
-    const size_t row = row0 + size_t(g8);
     const auto hr = h + size_t(l) * size_t(K);
     float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
     for (int cw0 = 0; cw0 < KW; cw0 += CW) {
       const int cw = KW - cw0 < CW ? KW - cw0 : CW;
-      const int vecs = 8 * (cw / 4);
+      const int q4 = cw / 4;
+      const int gpc = cw * PER / GS, g0 = cw0 * PER / GS;
       ZM_WARP_SYNC();
-      for (int v = int(zm_lane); v < vecs; v += 32) {
-        const int r = v / (cw / 4), q = (v % (cw / 4)) * 4;
-        const uint4 a = zm_load16(w_down + (row0 + r) * size_t(KW) + cw0 + q);
-        sw[l][r][q] = a.x; sw[l][r][q + 1] = a.y; sw[l][r][q + 2] = a.z; sw[l][r][q + 3] = a.w;
+      uint4 va[NV];
+#pragma unroll
+      for (int j = 0; j < NV; ++j) {
+        const int v = int(zm_lane) + 32 * j;
+        if (v < 8 * q4) va[j] = zm_load16(w_down + (row0 + v / q4) * size_t(KW) + cw0 + (v % q4) * 4);
+      }
+      for (int i = int(zm_lane); i < 8 * gpc; i += 32) {
+        const size_t idx = (row0 + i / gpc) * size_t(G) + g0 + i % gpc;
+        ssb[l][0][i / gpc][i % gpc] = s_down[idx];
+        ssb[l][1][i / gpc][i % gpc] = b_down[idx];
+      }
+      for (int i = int(zm_lane); i < cw * PER / 2; i += 32) {
+        hs[l][i] = zm_pack2(hr[cw0 * PER + 2 * i], hr[cw0 * PER + 2 * i + 1]);
+      }
+#pragma unroll
+      for (int j = 0; j < NV; ++j) {
+        const int v = int(zm_lane) + 32 * j;
+        if (v < 8 * q4) {
+          const int r = v / q4, q = (v % q4) * 4;
+          sw[l][r][q] = va[j].x; sw[l][r][q + 1] = va[j].y; sw[l][r][q + 2] = va[j].z; sw[l][r][q + 3] = va[j].w;
+        }
       }
       ZM_WARP_SYNC();
       const auto wd = &sw[l][g8][0];
-      const int kbase = cw0 * PER;
+#pragma unroll 4
       for (int kb = 0; kb < cw * PER; kb += 16) {
-        const int grp = (kbase + kb) / GS;
-        const T sd = s_down[row * G + grp], bd = b_down[row * G + grp];
+        const T sd = ssb[l][0][g8][kb / GS], bd = ssb[l][1][g8][kb / GS];
         const int k0 = kb + 2 * c, k1 = kb + 2 * c + 8;
         const uint32_t b0 = zm_pack2(zm_fma(T(float(ZM_Q(wd, k0))), sd, bd), zm_fma(T(float(ZM_Q(wd, k0 + 1))), sd, bd));
         const uint32_t b1 = zm_pack2(zm_fma(T(float(ZM_Q(wd, k1))), sd, bd), zm_fma(T(float(ZM_Q(wd, k1 + 1))), sd, bd));
-        const int xk0 = kbase + k0, xk1 = kbase + k1;
-        const uint32_t a0 = g8 == 0 ? zm_pack2(hr[xk0], hr[xk0 + 1]) : 0u;
-        const uint32_t a2 = g8 == 0 ? zm_pack2(hr[xk1], hr[xk1 + 1]) : 0u;
+        const uint32_t a0 = g8 == 0 ? hs[l][k0 / 2] : 0u;
+        const uint32_t a2 = g8 == 0 ? hs[l][k1 / 2] : 0u;
         zm_mma_bf16_16816(d0, d1, d2, d3, a0, 0u, a2, 0u, b0, b1, zm_lane);
       }
     }
