@@ -80,8 +80,10 @@ _GATE_UP_MMA = """\
   constexpr int PER = 32 / BITS;
   constexpr int GMAX = CW * PER / GS;     // quantization groups per row per chunk
   constexpr int NV = 8 * (CW / 4) / 32;   // 16-byte vectors per lane per matrix per full chunk
-  ZM_SHARED uint32_t sw[WARPS][2][8][CW];
-  ZM_SHARED T ssb[WARPS][4][8][GMAX];     // gate scale, gate bias, up scale, up bias
+  // rows padded by 4 words / 2 values: the 8 lanes groups (g8) read 8 different rows at the same k, which
+  // would otherwise fall into one shared-memory bank (an 8-way conflict on every read of the chain)
+  ZM_SHARED uint4 sw4[WARPS][2][8][CW / 4 + 1];
+  ZM_SHARED T ssb[WARPS][4][8][GMAX + 2];  // gate scale, gate bias, up scale, up bias
   ZM_SHARED uint32_t xs[CW * PER / 2];    // the chunk of x as bf16 pairs
   const int N = w_gate_shape[w_gate_ndim - 2];
   const int KW = w_gate_shape[w_gate_ndim - 1];
@@ -125,18 +127,15 @@ _GATE_UP_MMA = """\
       for (int j = 0; j < NV; ++j) {
         const int v = int(zm_lane) + 32 * j;
         if (v < 8 * q4) {
-          const int r = v / q4, q = (v % q4) * 4;
-          sw[warp][0][r][q] = va[j].x; sw[warp][0][r][q + 1] = va[j].y;
-          sw[warp][0][r][q + 2] = va[j].z; sw[warp][0][r][q + 3] = va[j].w;
-          sw[warp][1][r][q] = vb[j].x; sw[warp][1][r][q + 1] = vb[j].y;
-          sw[warp][1][r][q + 2] = vb[j].z; sw[warp][1][r][q + 3] = vb[j].w;
+          sw4[warp][0][v / q4][v % q4] = va[j];
+          sw4[warp][1][v / q4][v % q4] = vb[j];
         }
       }
     }
     ZM_BARRIER();
     if (!active) continue;
-    const auto wg = &sw[warp][0][g8][0];
-    const auto wu = &sw[warp][1][g8][0];
+    const ZM_TG uint32_t* wg = reinterpret_cast<const ZM_TG uint32_t*>(&sw4[warp][0][g8][0]);
+    const ZM_TG uint32_t* wu = reinterpret_cast<const ZM_TG uint32_t*>(&sw4[warp][1][g8][0]);
 #pragma unroll 4
     for (int kb = 0; kb < cw * PER; kb += 16) {
       const int gi = kb / GS;
@@ -212,8 +211,8 @@ _DOWN_MMA = """\
   constexpr int PER = 32 / BITS;
   constexpr int GMAX = CW * PER / GS;
   constexpr int NV = 8 * (CW / 4) / 32;
-  ZM_SHARED uint32_t sw[KTOP][8][CW];
-  ZM_SHARED T ssb[KTOP][2][8][GMAX];
+  ZM_SHARED uint4 sw4[KTOP][8][CW / 4 + 1];  // rows padded: no bank conflicts across the 8 lane groups
+  ZM_SHARED T ssb[KTOP][2][8][GMAX + 2];
   ZM_SHARED uint32_t hs[KTOP][CW * PER / 2];
   ZM_SHARED float ys[KTOP * 8];
   const int N = w_down_shape[w_down_ndim - 2];
@@ -250,13 +249,10 @@ _DOWN_MMA = """\
 #pragma unroll
       for (int j = 0; j < NV; ++j) {
         const int v = int(zm_lane) + 32 * j;
-        if (v < 8 * q4) {
-          const int r = v / q4, q = (v % q4) * 4;
-          sw[l][r][q] = va[j].x; sw[l][r][q + 1] = va[j].y; sw[l][r][q + 2] = va[j].z; sw[l][r][q + 3] = va[j].w;
-        }
+        if (v < 8 * q4) sw4[l][v / q4][v % q4] = va[j];
       }
       ZM_WARP_SYNC();
-      const auto wd = &sw[l][g8][0];
+      const ZM_TG uint32_t* wd = reinterpret_cast<const ZM_TG uint32_t*>(&sw4[l][g8][0]);
 #pragma unroll 4
       for (int kb = 0; kb < cw * PER; kb += 16) {
         const T sd = ssb[l][0][g8][kb / GS], bd = ssb[l][1][g8][kb / GS];

@@ -5,6 +5,7 @@
 
 #define ZM_FN __device__ __forceinline__
 #define ZM_SHARED __shared__
+#define ZM_TG  // address space of a pointer into ZM_SHARED memory (Metal: threadgroup)
 #define ZM_BARRIER() __syncthreads()
 #define ZM_WARP_SYNC() __syncwarp()
 #define ZM_SIMD_WIDTH 32

@@ -2,6 +2,7 @@
 // Elementwise helpers mirror mlx/backend/metal/kernels/unary_ops.h so results round as MLX's own kernels.
 #define ZM_FN inline
 #define ZM_SHARED threadgroup
+#define ZM_TG threadgroup
 #define ZM_BARRIER() threadgroup_barrier(mem_flags::mem_threadgroup)
 #define ZM_WARP_SYNC() simdgroup_barrier(mem_flags::mem_threadgroup)
 #define ZM_SIMD_WIDTH 32
