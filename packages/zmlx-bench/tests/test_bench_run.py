@@ -116,7 +116,7 @@ def test_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch, capsys, mo
                "--out", f"{out_dir}/new/"])
     assert rc == 130
     assert len(calls) == 2 and len(calls[0]["prompt_ids"]) == 8
-    assert calls[0]["patch_kwargs"] == {"max_fused_tokens": 32, "fuse_projections": False}
+    assert calls[0]["patch_kwargs"] == {"max_fused_tokens": 32}  # fuse_projections / compile_blocks: patch()'s defaults
     assert list(tmp_path.iterdir()) == []  # not even the output folder
     assert "interrupted: no capsule written" in capsys.readouterr().err
 

@@ -81,10 +81,12 @@ class Methodology(Base, kw_only=True):
     seed: int
     max_fused_tokens: Annotated[int, _doc("the patch's sequence-length guard: fused path for M <= this")]
     fuse_projections: Annotated[
-        bool, _doc("patch(fuse_projections=...): quantized projections fused at decode")
+        bool | str,
+        _doc("patch(fuse_projections=...): quantized projections fused at decode; 'auto' = patch()'s default "
+             "(MoE experts on MLX's tile-GEMM recipe, CUDA only)"),
     ] = False
     compile_blocks: Annotated[
-        bool | None, _doc("patch(compile_blocks=...): patched blocks traced by mx.compile (None: older capsule)")
+        bool | None, _doc("patch(compile_blocks=...): patched MoE blocks traced by mx.compile (None: older capsule)")
     ] = None
     patterns: Annotated[
         list[str] | None, _doc("--patterns as given (None: the patch's defaults for each family)")

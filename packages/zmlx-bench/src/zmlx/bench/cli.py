@@ -201,10 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seeds the prompt and the bootstrap (default 0)")
     r.add_argument("--max-fused-tokens", type=_nonneg, default=32,
                    help="fused path only for M <= this many tokens (default 32)")
-    r.add_argument("--fuse-projections", action="store_true",
-                   help="also fuse the quantized projections at decode (patch(fuse_projections=True))")
+    r.add_argument("--fuse-projections", action=argparse.BooleanOptionalAction, default=None,
+                   help="fuse the quantized projections at decode (default: patch()'s, MoE tile-GEMM shapes on CUDA)")
     r.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
-                   help="trace patched feed-forward blocks with mx.compile at decode (default: patch()'s)")
+                   help="trace patched MoE blocks with mx.compile at decode (default: patch()'s, on)")
     r.add_argument("--out", "-o", metavar="PATH",
                    help="capsule file, or a directory to name it in (YYYYMMDD_device_models.json); "
                         "default: that name in the current directory")

@@ -117,7 +117,7 @@ def run_models(
     warmup: int = 1,
     seed: int = 0,
     max_fused_tokens: int = 32,
-    fuse_projections: bool = False,
+    fuse_projections: bool | None = None,
     compile_blocks: bool | None = None,
     patterns: list[str] | None = None,
     exclude: Sequence[str] = (),
@@ -134,7 +134,9 @@ def run_models(
     progress = _Progress(quiet)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
     env = collect_environment()
-    patch_kwargs: dict[str, Any] = {"max_fused_tokens": max_fused_tokens, "fuse_projections": fuse_projections}
+    patch_kwargs: dict[str, Any] = {"max_fused_tokens": max_fused_tokens}
+    if fuse_projections is not None:
+        patch_kwargs["fuse_projections"] = fuse_projections
     if compile_blocks is None:  # record what patch() does by default
         from zmlx.patch import patch
 
@@ -203,7 +205,7 @@ def run_models(
             runs=runs,
             seed=seed,
             max_fused_tokens=max_fused_tokens,
-            fuse_projections=fuse_projections,
+            fuse_projections="auto" if fuse_projections is None else fuse_projections,
             compile_blocks=compile_blocks,
             patterns=None if patterns is None else list(patterns),
             exclude=list(exclude),

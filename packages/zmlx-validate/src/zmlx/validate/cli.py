@@ -50,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", default=None, help="comma-separated patterns to leave out")
     p.add_argument("--max-fused-tokens", type=int, default=32,
                    help="fused path only when a block sees at most this many tokens (default 32)")
-    p.add_argument("--fuse-projections", action="store_true",
-                   help="also fuse the quantized projections at decode (patch(fuse_projections=True))")
+    p.add_argument("--fuse-projections", action=argparse.BooleanOptionalAction, default=None,
+                   help="fuse the quantized projections at decode (default: patch()'s, MoE tile-GEMM shapes on CUDA)")
     p.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
-                   help="trace patched feed-forward blocks with mx.compile at decode (default: patch()'s)")
+                   help="trace patched MoE blocks with mx.compile at decode (default: patch()'s, on)")
     p.add_argument("--prefill-step-size", type=int, default=2048, help="prompt chunk size, both sides (2048)")
     p.add_argument("--seed", type=int, default=0, help="seed of synthetic weights and of MLX's RNG (default 0)")
     p.add_argument("--json", metavar="PATH", default=None, help="write the ValidationRecord as JSON (atomic)")
@@ -167,8 +167,8 @@ def validate(args: argparse.Namespace, out: Any) -> int:
     if not prompt_ids:
         raise UsageError("the prompt encodes to no tokens")
     patch_kwargs: dict[str, Any] = {"max_fused_tokens": args.max_fused_tokens}
-    if args.fuse_projections:
-        patch_kwargs["fuse_projections"] = True
+    if args.fuse_projections is not None:
+        patch_kwargs["fuse_projections"] = args.fuse_projections
     if args.compile_blocks is not None:
         patch_kwargs["compile_blocks"] = args.compile_blocks
     if args.patterns is not None:

@@ -186,6 +186,9 @@ CASES = (
     ("mma top8", 16, 8, 256, 128, 64, 4, "swiglu", False),
     ("mma top8 g128 8-bit", 8, 8, 512, 256, 128, 8, "swiglu", False),
     ("mma top8 oai+bias", 16, 8, 256, 128, 64, 4, "swiglu_oai", True),
+    # top-k > 8: the down kernel's narrower chunks (CW = 32 words), with a tail chunk and 8-bit g32
+    ("mma top10 8-bit g32", 16, 10, 256, 256, 32, 8, "swiglu", False),
+    ("mma top16 (tail chunk)", 32, 16, 256, 384, 64, 4, "swiglu", False),
 )
 
 
