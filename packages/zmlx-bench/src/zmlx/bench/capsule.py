@@ -82,8 +82,8 @@ class Methodology(Base, kw_only=True):
     max_fused_tokens: Annotated[int, _doc("the patch's sequence-length guard: fused path for M <= this")]
     fuse_projections: Annotated[
         bool | str,
-        _doc("patch(fuse_projections=...): quantized projections fused at decode; 'auto' = patch()'s default "
-             "(MoE experts on MLX's tile-GEMM recipe, CUDA only)"),
+        _doc("patch(fuse_projections=...): quantized projections fused at decode; 'auto' only in capsules of "
+             "d999eb0, whose default fused the top-k >= 8 MoE experts on CUDA (since reverted to off)"),
     ] = False
     compile_blocks: Annotated[
         bool | None, _doc("patch(compile_blocks=...): patched MoE blocks traced by mx.compile (None: older capsule)")

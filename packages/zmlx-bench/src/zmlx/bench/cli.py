@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-fused-tokens", type=_nonneg, default=32,
                    help="fused path only for M <= this many tokens (default 32)")
     r.add_argument("--fuse-projections", action=argparse.BooleanOptionalAction, default=None,
-                   help="fuse the quantized projections at decode (default: patch()'s, MoE tile-GEMM shapes on CUDA)")
+                   help="fuse the quantized projections at decode (patch(fuse_projections=...); default off)")
     r.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
                    help="trace patched MoE blocks with mx.compile at decode (default: patch()'s, on)")
     r.add_argument("--out", "-o", metavar="PATH",

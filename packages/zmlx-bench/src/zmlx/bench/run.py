@@ -134,13 +134,16 @@ def run_models(
     progress = _Progress(quiet)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
     env = collect_environment()
-    patch_kwargs: dict[str, Any] = {"max_fused_tokens": max_fused_tokens}
-    if fuse_projections is not None:
-        patch_kwargs["fuse_projections"] = fuse_projections
-    if compile_blocks is None:  # record what patch() does by default
-        from zmlx.patch import patch
+    from zmlx.patch import patch
 
-        compile_blocks = inspect.signature(patch).parameters["compile_blocks"].default
+    defaults = inspect.signature(patch).parameters  # capsules record the values in effect, defaults included
+    patch_kwargs: dict[str, Any] = {"max_fused_tokens": max_fused_tokens}
+    if fuse_projections is None:
+        fuse_projections = defaults["fuse_projections"].default
+    else:
+        patch_kwargs["fuse_projections"] = fuse_projections
+    if compile_blocks is None:
+        compile_blocks = defaults["compile_blocks"].default
     else:
         patch_kwargs["compile_blocks"] = compile_blocks
     if patterns is not None:
@@ -205,7 +208,7 @@ def run_models(
             runs=runs,
             seed=seed,
             max_fused_tokens=max_fused_tokens,
-            fuse_projections="auto" if fuse_projections is None else fuse_projections,
+            fuse_projections=fuse_projections,
             compile_blocks=compile_blocks,
             patterns=None if patterns is None else list(patterns),
             exclude=list(exclude),

@@ -10,7 +10,7 @@ import mlx.nn as nn
 from zmlx.kernels.backend import gpu_backend
 
 from . import _swap
-from .families import MoeSite, resolve_class
+from .families import resolve_class
 from .patterns import PATTERNS
 from .registry import DEFAULT_PATTERNS, FAMILIES, FamilySpec, Site, detect_model_type, supported_model_types
 from .registry import PATTERNS as PATTERN_NAMES
@@ -87,7 +87,7 @@ def patch(
     exclude: str | Iterable[str] = (),
     max_fused_tokens: int = 32,
     verbose: bool = True,
-    fuse_projections: bool | None = None,
+    fuse_projections: bool = False,
     compile_blocks: bool = True,
 ) -> PatchResult:
     """Swap the model's matching blocks for fused versions; no weights change.
@@ -96,8 +96,9 @@ def patch(
     patterns; the fused path runs only when a block sees at most ``max_fused_tokens`` tokens.
     ``fuse_projections`` also fuses the quantized projections at one token (decode): the experts of an MoE block
     become two launches (gate+up+activation, down+combine) and a dense MLP's gate+up one launch, each with the
-    numerics MLX itself uses for that call. ``None`` (default): on CUDA, MoE experts only where MLX would run its
-    tensor-core tile GEMM (top-k >= 8), the one case measured faster (docs/perf-notes.md); off elsewhere.
+    numerics MLX itself uses for that call. Opt-in: on the H100 the top-k >= 8 expert kernels take 45 us per
+    qwen3-30b-a3b layer against MLX's 71 us (ncu), but no capsule has shown the decode gain above host noise yet,
+    and the top-k < 8 / dense kernels are slower than MLX's (docs/perf-notes.md).
     ``compile_blocks`` (default on) runs each patched MoE block's decode path through ``mx.compile`` (one trace
     per input shape; later steps replay it without rebuilding the graph in Python); sharded blocks stay eager.
     """
@@ -143,11 +144,8 @@ def patch(
         if reason:
             result.skipped.append((path, f"{name}: {reason}"))
             continue
-        fuse = fuse_projections
-        if fuse is None:  # default: the measured win only (MoE experts on the tile-GEMM recipe, CUDA)
-            fuse = "mma" if isinstance(site, MoeSite) and gpu_backend() == "cuda" else False
-        if fuse and hasattr(site, "fuse_projections"):
-            site = dataclasses.replace(site, fuse_projections=fuse)
+        if fuse_projections and hasattr(site, "fuse_projections"):
+            site = dataclasses.replace(site, fuse_projections=True)
         compiled = compile_blocks and pattern.compilable(site) and not _swap.has_collectives(module)
         _swap.swap(module, _swap.patched_class(type(module), name, max_fused_tokens, site, pattern.fused, compiled))
         counts[name] = counts.get(name, 0) + 1

@@ -70,9 +70,8 @@ class MoeSite:
     combine_fp32: bool = False
     # the block routes ``x.reshape(-1, D)`` and reshapes the result back (olmoe)
     flatten_tokens: bool = False
-    # set by patch(fuse_projections=...): at one token, the quantized experts run as two fused launches; "mma"
-    # (the CUDA default) only where MLX itself would run its tensor-core tile GEMM (top-k >= 8)
-    fuse_projections: bool | str = False
+    # set by patch(fuse_projections=True): at one token, the quantized experts run as two fused launches
+    fuse_projections: bool = False
 
 
 @dataclass(frozen=True)

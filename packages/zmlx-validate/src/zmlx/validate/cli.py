@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-fused-tokens", type=int, default=32,
                    help="fused path only when a block sees at most this many tokens (default 32)")
     p.add_argument("--fuse-projections", action=argparse.BooleanOptionalAction, default=None,
-                   help="fuse the quantized projections at decode (default: patch()'s, MoE tile-GEMM shapes on CUDA)")
+                   help="fuse the quantized projections at decode (patch(fuse_projections=...); default off)")
     p.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
                    help="trace patched MoE blocks with mx.compile at decode (default: patch()'s, on)")
     p.add_argument("--prefill-step-size", type=int, default=2048, help="prompt chunk size, both sides (2048)")

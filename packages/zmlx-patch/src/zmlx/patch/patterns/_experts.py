@@ -74,14 +74,6 @@ def plan_for(experts: nn.Module) -> ExpertPlan | None:
     return plan
 
 
-def mma_recipe(plan: ExpertPlan, top_k: int, dim: int) -> bool:
-    """Both launches would mirror MLX's tensor-core tile GEMM: where the fused kernels are measured faster (H100,
-    docs/perf-notes.md v2c); on the qmv recipe (top-k < 8) they are not yet."""
-    inter = plan.gate[0].shape[-2]
-    return (zk.mlx_numerics(top_k, inter, dim, plan.group_size, plan.bits) == "mma"
-            and zk.mlx_numerics(top_k, dim, inter, plan.group_size, plan.bits) == "mma")
-
-
 def fused_experts(plan: ExpertPlan, x: mx.array, inds: mx.array, scores: mx.array, fp32: bool) -> mx.array:
     """``combine(switch_mlp(x, inds), scores)`` for one token, as ``[..., D]`` like the block's own path."""
     gb, ub, db = plan.biases

@@ -17,7 +17,7 @@ from mlx_lm.models.switch_layers import SwitchGLU
 from zmlx import kernels as zk
 
 from ..families import Attr, MoeSite, XDtype
-from ._experts import fused_experts, mma_recipe, plan_for
+from ._experts import fused_experts, plan_for
 from ._structure import lookup, missing_modules
 
 SUMMARY = (
@@ -102,8 +102,6 @@ def fused(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
     inds, scores = _route(self, site, x)
     experts = getattr(self, site.experts)
     plan = plan_for(experts) if site.fuse_projections and x.size == x.shape[-1] else None  # one token
-    if plan is not None and site.fuse_projections == "mma" and not mma_recipe(plan, inds.shape[-1], x.shape[-1]):
-        plan = None
     if plan is not None:
         y = fused_experts(plan, x, mx.stop_gradient(inds), scores, site.combine_fp32)
     else:
