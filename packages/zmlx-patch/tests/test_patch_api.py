@@ -185,6 +185,8 @@ def test_list_patterns_and_support_matrix(capsys):
     for name in supported_model_types():
         assert name in out
     assert "residual_norm (opt-in)" in out and "excluded for fidelity" in out
+    traced_off = {line.split()[0] for line in out.splitlines() if line.rstrip().endswith("moe_mlp not traced")}
+    assert traced_off == {"qwen2_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe"}, "sigmoid-gated shared experts only"
     assert list_main(["bogus"]) == 2
 
 
