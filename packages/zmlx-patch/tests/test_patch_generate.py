@@ -57,6 +57,18 @@ def test_generate_patched_and_unpatched_agree(model_dir, capsys):
     assert text(patched) == text(base)
 
 
+def test_generate_passes_the_patch_flags(model_dir, capsys, monkeypatch):
+    import zmlx.patch as zp
+
+    seen = []
+    real = zp.patch
+    monkeypatch.setattr(zp, "patch", lambda model, **kw: seen.append(kw) or real(model, **kw))
+    common = ["--model", str(model_dir), "-p", "the quick brown", "-m", "4", "--ignore-chat-template"]
+    assert _run(capsys, *common)[0] == 0
+    assert _run(capsys, *common, "--fuse-projections", "--no-compile-blocks")[0] == 0
+    assert [(kw["fuse_projections"], kw["compile_blocks"]) for kw in seen] == [(False, True), (True, False)]
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [
