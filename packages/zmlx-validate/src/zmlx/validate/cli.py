@@ -197,11 +197,21 @@ def validate(args: argparse.Namespace, out: Any) -> int:
             seed=args.seed, max_fused_tokens=args.max_fused_tokens, prompt=args.prompt,
             fidelity=result.fidelity, baseline=result.baseline, patched=result.patched,
             decode_speedup=result.decode_speedup, prefill_speedup=result.prefill_speedup,
-            bisect=bisection, mlx_env=mlx_env, **env,
+            bisect=bisection, mlx_env=mlx_env, patch_options=_patch_options(patch_kwargs), **env,
         )
         write_json_atomic(args.json, record)
     verdict = result.fidelity.verdict
     return EXIT_PASS if verdict == PASS else EXIT_UNSTABLE if verdict == UNSTABLE else EXIT_FAIL
+
+
+def _patch_options(patch_kwargs: dict[str, Any]) -> dict[str, bool]:
+    import inspect
+
+    from zmlx.patch import patch
+
+    defaults = inspect.signature(patch).parameters
+    return {name: bool(patch_kwargs.get(name, defaults[name].default)) for name in ("fuse_projections",
+                                                                                    "compile_blocks")}
 
 
 def main(argv: Sequence[str] | None = None, *, patch_fns: tuple[Any, Any] | None = None) -> int:
