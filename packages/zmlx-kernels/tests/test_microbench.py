@@ -29,3 +29,19 @@ def test_no_gpu_is_a_clear_error(capsys):
     spec.loader.exec_module(tool)
     assert tool.main([]) == 2
     assert "no GPU here" in capsys.readouterr().err
+
+
+def test_every_op_case_resolves_and_its_inputs_run_the_op():
+    import mlx.core as mx
+
+    assert {c.op for c in microbench.OP_CASES} >= {"softmax_topk", "topk_softmax", "sigmoid_topk",
+                                                   "grouped_sigmoid_topk", "moe_combine", "swiglu", "add_rms_norm"}
+    for case in microbench.OP_CASES:
+        fns = case.functions()
+        assert fns is not None, f"{case.op}: public op or reference missing"
+        args, kw = case.make(3)
+        got, want = fns[0](*args, **kw), fns[1](*args, **kw)
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        assert all(g.shape == w.shape and g.shape[0] == 3 for g, w in zip(got, want, strict=True)), case.op
+        if gpu_backend() is None:  # the public op is the reference here
+            assert all(mx.array_equal(g, w).item() for g, w in zip(got, want, strict=True)), case.op

@@ -1,8 +1,11 @@
-"""Per-op microbenchmark: fused kernel vs its pure-MLX reference, at decode (M=1) and prefill (M=512) shapes.
+"""Per-op microbenchmark: each fused op against its pure-MLX reference, at decode (M=1) and prefill (M=512) shapes
+of the models zmlx patches, plus the decode-shape quantized expert MLPs. The one case table and the two timers
+behind ``tools/bench_kernels.py`` (chained calls, the docs table) and ``zmlx-bench kernels`` (synchronised calls,
+written into capsules).
 
-Each timing evaluates ``chain`` independent calls in one graph and reports the median per-call time over
-``reps`` repetitions, after a warm-up that also compiles the kernels. Used by ``tools/bench_kernels.py`` and
-``zmlx-bench kernels``. Needs a GPU: the reference-only timings on a CPU say nothing about the kernels.
+- :func:`time_chained`: ``chain`` independent calls evaluated as one graph, median per-call time over ``reps``:
+  throughput, host cost of each call included.
+- :func:`time_synced`: each call evaluated and synchronised on its own: the latency a decode step pays per op.
 """
 
 from __future__ import annotations
@@ -11,13 +14,119 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from importlib import import_module
+from typing import Any
 
 import mlx.core as mx
 
-from . import add_rms_norm, geglu, moe_combine, softmax_topk, swiglu, swiglu_oai, topk_softmax
 from .backend import gpu_backend
-from .ops.activations import geglu_reference, swiglu_oai_reference, swiglu_reference
-from .ops.norms import add_rms_norm_reference
+
+DECODE_M, PREFILL_M = 1, 512
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """One op at one model's shapes; ``make(m)`` returns (positional inputs, keyword arguments) for M tokens."""
+
+    op: str
+    module: str  # zmlx.kernels.ops.<module> holds <op>_reference
+    case: str
+    make: Callable[[int], tuple[list[Any], dict[str, Any]]]
+
+    def functions(self) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+        """(public op, its reference), or None where this zmlx.kernels lacks either."""
+        try:
+            ops_mod = import_module(f"zmlx.kernels.ops.{self.module}")
+        except ImportError:
+            return None
+        op = getattr(import_module("zmlx.kernels"), self.op, None)
+        ref = getattr(ops_mod, f"{self.op}_reference", None)
+        return None if op is None or ref is None else (op, ref)
+
+
+def _normal(shape: tuple[int, ...], key: int, scale: float = 1.0) -> mx.array:
+    return (scale * mx.random.normal(shape, key=mx.random.key(key))).astype(mx.bfloat16)
+
+
+def _act(k: int, inter: int) -> Callable[[int], tuple[list[Any], dict[str, Any]]]:
+    return lambda m: ([_normal((m, k, inter), 1), _normal((m, k, inter), 2)], {})
+
+
+def _geglu(inter: int) -> Callable[[int], tuple[list[Any], dict[str, Any]]]:
+    return lambda m: ([_normal((m, inter), 1), _normal((m, inter), 2)], {"approximate": True})
+
+
+def _norm(d: int) -> Callable[[int], tuple[list[Any], dict[str, Any]]]:
+    return lambda m: ([_normal((m, d), 1), _normal((m, d), 2, 3.0), 1 + _normal((d,), 3, 0.1), 1e-6], {})
+
+
+def _router(e: int, **kw: Any) -> Callable[[int], tuple[list[Any], dict[str, Any]]]:
+    def make(m: int) -> tuple[list[Any], dict[str, Any]]:
+        args = dict(kw)
+        if "bias" in args:
+            args["bias"] = _normal((e,), 5, 0.1).astype(mx.float32)
+        k = args.pop("k")
+        return [_normal((m, e), 4), k], args
+
+    return make
+
+
+def _combine(k: int, d: int) -> Callable[[int], tuple[list[Any], dict[str, Any]]]:
+    def make(m: int) -> tuple[list[Any], dict[str, Any]]:
+        scores = mx.softmax(_normal((m, k), 6).astype(mx.float32), axis=-1, precise=True)
+        return [_normal((m, k, d), 7), scores], {"fp32": True}
+
+    return make
+
+
+# Shapes of the models zmlx targets (qwen3-30b-a3b: 128 experts top-8, D 2048, expert I 768; lfm2-8b-a1b: 32
+# experts top-4; gpt-oss-20b: 32 experts top-4, D 2880; deepseek-v3: 256 experts in 8 groups; llama-3-8b dense).
+OP_CASES: tuple[OpCase, ...] = (
+    OpCase("softmax_topk", "routing", "qwen3-30b-a3b", _router(128, k=8, renormalize=True)),
+    OpCase("topk_softmax", "routing", "gpt-oss-20b", _router(32, k=4)),
+    OpCase("sigmoid_topk", "routing", "lfm2-8b-a1b", _router(32, k=4, bias=True, renormalize=True)),
+    OpCase("grouped_sigmoid_topk", "routing", "deepseek-v3", _router(
+        256, k=8, bias=True, n_group=8, topk_group=4, renormalize=True, scale=2.5)),
+    OpCase("moe_combine", "combine", "qwen3-30b-a3b", _combine(8, 2048)),
+    OpCase("swiglu", "activations", "qwen3-30b-a3b", _act(8, 768)),
+    OpCase("swiglu_oai", "activations", "gpt-oss-20b", _act(4, 2880)),
+    OpCase("geglu", "activations", "gemma-3-4b", _geglu(10240)),
+    OpCase("add_rms_norm", "norms", "llama-3-8b", _norm(4096)),
+)
+
+# Decode-shape expert MLPs of the benchmark models: (name, experts, top k, hidden, intermediate); E=0 is dense.
+EXPERT_SHAPES = (("qwen3-30b-a3b experts", 128, 8, 2048, 768), ("lfm2-8b-a1b experts", 32, 4, 2048, 1792),
+                 ("gpt-oss-20b experts", 32, 4, 2880, 2880), ("llama-3-8b dense MLP", 0, 1, 4096, 14336))
+
+
+def time_chained(fn: Callable[[], object], chain: int, reps: int) -> tuple[float, float]:
+    """(median, max - min) per-call microseconds of ``chain`` independent calls evaluated together."""
+    mx.eval(fn())  # compile + warm
+    samples = []
+    for _ in range(reps):
+        mx.synchronize()
+        t0 = time.perf_counter()
+        mx.eval([fn() for _ in range(chain)])
+        mx.synchronize()
+        samples.append((time.perf_counter() - t0) / chain * 1e6)
+    samples.sort()
+    return statistics.median(samples), samples[-1] - samples[0]
+
+
+def time_synced(fn: Callable[[], object], repeats: int, iterations: int) -> float:
+    """Median over ``repeats`` of the mean microseconds of ``iterations`` calls, each evaluated on its own."""
+    for _ in range(3):
+        mx.eval(fn())
+    mx.synchronize()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            mx.eval(fn())
+        mx.synchronize()
+        samples.append((time.perf_counter() - t0) / iterations * 1e6)
+    return statistics.median(samples)
 
 
 @dataclass(frozen=True)
@@ -34,60 +143,6 @@ class BenchRow:
     @property
     def speedup(self) -> float:
         return self.reference_us / self.fused_us if self.fused_us else float("nan")
-
-
-def _time(fn: Callable[[], object], chain: int, reps: int) -> tuple[float, float]:
-    mx.eval(fn())  # compile + warm
-    samples = []
-    for _ in range(reps):
-        mx.synchronize()
-        t0 = time.perf_counter()
-        mx.eval([fn() for _ in range(chain)])
-        mx.synchronize()
-        samples.append((time.perf_counter() - t0) / chain * 1e6)
-    samples.sort()
-    return statistics.median(samples), samples[-1] - samples[0]
-
-
-def _cases(m: int, key: mx.array) -> list[tuple[str, str, Callable, Callable]]:
-    from .ops import routing
-
-    ks = mx.random.split(key, 8)
-    bf = mx.bfloat16
-    logits = mx.random.normal((m, 128), key=ks[0]).astype(bf)
-    logits32 = mx.random.normal((m, 32), key=ks[1]).astype(bf)
-    y = mx.random.normal((m, 8, 2048), key=ks[2]).astype(bf)
-    scores = mx.softmax(mx.random.normal((m, 8), key=ks[3]), axis=-1).astype(bf)
-    g = mx.random.normal((m, 8, 768), key=ks[4]).astype(bf)
-    u = mx.random.normal((m, 8, 768), key=ks[5]).astype(bf)
-    x = mx.random.normal((m, 4096), key=ks[6]).astype(bf)
-    r = mx.random.normal((m, 4096), key=ks[7]).astype(bf)
-    w = mx.ones((4096,), dtype=bf)
-    return [
-        ("softmax_topk (E=128, k=8, renorm)", "[M,128]",
-         lambda: softmax_topk(logits, 8, renormalize=True),
-         lambda: routing.softmax_topk_reference(logits, 8, renormalize=True)),
-        ("topk_softmax (E=32, k=4)", "[M,32]",
-         lambda: topk_softmax(logits32, 4), lambda: routing.topk_softmax_reference(logits32, 4)),
-        ("moe_combine fp32 (k=8, D=2048)", "[M,8,2048]",
-         lambda: moe_combine(y, scores, fp32=True), lambda: routing_free_combine(y, scores)),
-        ("swiglu (8 x 768)", "[M,8,768]", lambda: swiglu(g, u), lambda: swiglu_reference(g, u)),
-        ("geglu tanh (8 x 768)", "[M,8,768]", lambda: geglu(g, u, approximate=True),
-         lambda: geglu_reference(g, u, approximate=True)),
-        ("swiglu_oai (8 x 768)", "[M,8,768]", lambda: swiglu_oai(g, u), lambda: swiglu_oai_reference(g, u)),
-        ("add_rms_norm (D=4096)", "[M,4096]", lambda: add_rms_norm(x, r, w, 1e-6),
-         lambda: add_rms_norm_reference(x, r, w, 1e-6)),
-    ]
-
-
-def routing_free_combine(y: mx.array, scores: mx.array) -> mx.array:
-    # qwen3_moe's combine, as the reference the fused combine replaces
-    return (y * scores[..., None]).sum(axis=-2).astype(y.dtype)
-
-
-# Decode-shape expert MLPs of the benchmark models: (name, experts, top k, hidden, intermediate); E=0 is dense.
-EXPERT_SHAPES = (("qwen3-30b-a3b experts", 128, 8, 2048, 768), ("lfm2-8b-a1b experts", 32, 4, 2048, 1792),
-                 ("gpt-oss-20b experts", 32, 4, 2880, 2880), ("llama-3-8b dense MLP", 0, 1, 4096, 14336))
 
 
 def _expert_cases(key: mx.array) -> list[tuple[str, str, float, Callable, Callable]]:
@@ -123,20 +178,27 @@ def _expert_cases(key: mx.array) -> list[tuple[str, str, float, Callable, Callab
     return out
 
 
-def run(ms: tuple[int, ...] = (1, 512), chain: int = 50, reps: int = 15, seed: int = 0,
+def run(ms: tuple[int, ...] = (DECODE_M, PREFILL_M), chain: int = 50, reps: int = 15, seed: int = 0,
         experts_only: bool = False) -> list[BenchRow]:
+    """Chained timings of every op case at each M, then the expert MLPs at decode; needs a GPU."""
     if gpu_backend() is None:
         raise RuntimeError("the kernel microbenchmark needs a Metal or CUDA GPU; MLX has neither here")
+    mx.random.seed(seed)
     rows = []
     with mx.stream(mx.gpu):
         for m in () if experts_only else ms:
-            for op, shape, fused, ref in _cases(m, mx.random.key(seed)):
-                f_med, f_spread = _time(fused, chain, reps)
-                r_med, r_spread = _time(ref, chain, reps)
-                rows.append(BenchRow(op, shape.replace("M", str(m)), m, f_med, r_med, f_spread, r_spread))
+            for case in OP_CASES:
+                fns = case.functions()
+                if fns is None:
+                    continue
+                args, kw = case.make(m)
+                shape = "x".join(str(s) for s in args[0].shape)
+                f_med, f_spread = time_chained(partial(fns[0], *args, **kw), chain, reps)
+                r_med, r_spread = time_chained(partial(fns[1], *args, **kw), chain, reps)
+                rows.append(BenchRow(f"{case.op} ({case.case})", f"[{shape}]", m, f_med, r_med, f_spread, r_spread))
         for op, shape, nbytes, fused, ref in _expert_cases(mx.random.key(seed)):
-            f_med, f_spread = _time(fused, chain, reps)
-            r_med, r_spread = _time(ref, chain, reps)
+            f_med, f_spread = time_chained(fused, chain, reps)
+            r_med, r_spread = time_chained(ref, chain, reps)
             rows.append(BenchRow(op, shape, 1, f_med, r_med, f_spread, r_spread, nbytes / f_med / 1e3))
     return rows
 
