@@ -1,0 +1,39 @@
+"""tools/gpu/profile_decode.py --summarize: ncu CSV (log lines first, mixed units) -> device time per step."""
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).with_name("gpu") / "profile_decode.py"
+HEADER = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",'
+          '"Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"')
+
+
+def _row(i: int, kernel: str, unit: str, value: str, metric: str = "gpu__time_duration.sum") -> str:
+    return (f'"{i}","1","python3","h","{kernel}","1","7","(128, 1, 1)","(1, 1, 1)","0","9.0",'
+            f'"Command line profiler metrics","{metric}","{unit}","{value}"')
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("profile_decode", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_summarize_sums_per_kernel_across_units_and_steps(tmp_path, capsys):
+    csv = tmp_path / "k.csv"
+    csv.write_text("\n".join([
+        "==PROF== Connected to process 1",
+        HEADER,
+        _row(0, "void mlx::core::cu::qmm_sm80_kernel<64, cutlass::bfloat16_t>(int)", "nsecond", "28,000"),
+        _row(0, "void mlx::core::cu::qmm_sm80_kernel<64, cutlass::bfloat16_t>(int)", "byte", "7,000,000",
+             metric="dram__bytes_read.sum"),
+        _row(1, "void mlx::core::cu::qmm_sm80_kernel<64, cutlass::bfloat16_t>(int)", "usecond", "30"),
+        _row(2, "custom_kernel_zmlx_moe_combine_abc", "usecond", "4.5"),
+        _row(3, "custom_kernel_zmlx_moe_combine_abc", "msecond", "0.0055"),
+    ]) + "\n")
+    assert _tool().main(["--summarize", str(csv), "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "device time per step: 34.0 us over 2 kernel launches" in out
+    assert "| `qmm_sm80_kernel` | 1 | 29.0 | 85.3% |" in out
+    assert "| `custom_kernel_zmlx_moe_combine_abc` | 1 | 5.0 | 14.7% |" in out
