@@ -37,3 +37,12 @@ def test_summarize_sums_per_kernel_across_units_and_steps(tmp_path, capsys):
     assert "device time per step: 34.0 us over 2 kernel launches" in out
     assert "| `qmm_sm80_kernel` | 1 | 29.0 | 85.3% |" in out
     assert "| `custom_kernel_zmlx_moe_combine_abc` | 1 | 5.0 | 14.7% |" in out
+
+
+def test_summarize_a_missing_or_foreign_file_exits_2(tmp_path, capsys):
+    tool = _tool()
+    assert tool.main(["--summarize", str(tmp_path / "nope.csv")]) == 2
+    other = tmp_path / "other.csv"
+    other.write_text('"a","b"\n"1","2"\n')
+    assert tool.main(["--summarize", str(other)]) == 2
+    assert "cannot summarize" in capsys.readouterr().err

@@ -105,6 +105,8 @@ def summarize(path: str, steps: int) -> None:
         unit = row.get("Metric Unit", "nsecond")
         us = value / 1e3 if unit.startswith("n") else value if unit.startswith("u") else value * 1e3
         per[_family(row["Kernel Name"])].append(us)
+    if not per:
+        raise ValueError("no gpu__time_duration.sum rows (run ncu with --metrics gpu__time_duration.sum --csv)")
     total = sum(sum(v) for v in per.values())
     launches = sum(len(v) for v in per.values())
     print(f"device time per step: {total / steps:.1f} us over {launches / steps:.0f} kernel launches ({path})")
@@ -123,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summarize", metavar="CSV")
     args = p.parse_args(argv)
     if args.summarize:
-        summarize(args.summarize, args.steps)
+        try:
+            summarize(args.summarize, args.steps)
+        except (OSError, KeyError, ValueError) as e:  # missing file, or not an ncu --csv log
+            print(f"profile_decode: error: cannot summarize {args.summarize}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
         return 0
     if not args.model:
         p.error("MODEL is required unless --summarize")

@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seeds the prompt and the bootstrap (default 0)")
     r.add_argument("--max-fused-tokens", type=_nonneg, default=32,
                    help="fused path only for M <= this many tokens (default 32)")
+    # spelled out, not zmlx.patch.switches.add_arguments: importing zmlx.patch (~1.7 s) is for `run` only
     r.add_argument("--fuse-projections", action=argparse.BooleanOptionalAction, default=None,
-                   help="fuse the quantized projections at decode (patch(fuse_projections=...); default off)")
+                   help="fuse the quantized projections at decode (default: patch()'s, off)")
     r.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
                    help="trace patched MoE blocks with mx.compile at decode (default: patch()'s, on)")
     r.add_argument("--out", "-o", metavar="PATH",

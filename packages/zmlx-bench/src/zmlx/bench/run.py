@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-import inspect
 import random
 import re
 import sys
@@ -134,18 +133,14 @@ def run_models(
     progress = _Progress(quiet)
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
     env = collect_environment()
-    from zmlx.patch import patch
+    from zmlx.patch import switches
 
-    defaults = inspect.signature(patch).parameters  # capsules record the values in effect, defaults included
     patch_kwargs: dict[str, Any] = {"max_fused_tokens": max_fused_tokens}
-    if fuse_projections is None:
-        fuse_projections = defaults["fuse_projections"].default
-    else:
-        patch_kwargs["fuse_projections"] = fuse_projections
-    if compile_blocks is None:
-        compile_blocks = defaults["compile_blocks"].default
-    else:
-        patch_kwargs["compile_blocks"] = compile_blocks
+    patch_kwargs.update({k: v for k, v in (("fuse_projections", fuse_projections),
+                                           ("compile_blocks", compile_blocks)) if v is not None})
+    # capsules record the values in effect, patch()'s defaults included
+    in_effect = switches.effective(patch_kwargs)
+    fuse_projections, compile_blocks = in_effect["fuse_projections"], in_effect["compile_blocks"]
     if patterns is not None:
         patch_kwargs["patterns"] = list(patterns)
     if exclude:

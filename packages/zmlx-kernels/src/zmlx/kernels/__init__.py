@@ -12,7 +12,7 @@ check_mlx_version()
 
 from .ops.activations import geglu, swiglu, swiglu_oai  # noqa: E402
 from .ops.combine import moe_combine  # noqa: E402
-from .ops.moe_experts import dense_gate_up, mlx_numerics, moe_down_combine, moe_gate_up  # noqa: E402
+from .ops.moe_experts import dense_gate_up, moe_down_combine, moe_gate_up  # noqa: E402
 from .ops.norms import add_rms_norm  # noqa: E402
 from .ops.routing import grouped_sigmoid_topk, sigmoid_topk, softmax_topk, topk_softmax  # noqa: E402
 
@@ -27,7 +27,6 @@ __all__ = [
     "dense_gate_up",
     "geglu",
     "grouped_sigmoid_topk",
-    "mlx_numerics",
     "moe_combine",
     "moe_down_combine",
     "moe_gate_up",

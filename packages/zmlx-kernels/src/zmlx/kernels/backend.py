@@ -19,8 +19,10 @@ Target = Literal["metal", "cuda", "cpu"]
 
 
 @functools.cache
+@functools.cache
 def gpu_backend() -> Backend | None:
-    """The GPU backend MLX was built with on this machine, or None."""
+    """The GPU backend MLX was built with on this machine, or None (fixed for the process: cached, since every
+    op call asks)."""
     if mx.metal.is_available():
         return "metal"
     if mx.cuda.is_available():
@@ -81,6 +83,19 @@ def compiled(spec: KernelSpec, backend: Backend) -> Any:
             )
         _KERNELS[key] = kern
     return kern
+
+
+# (values, dtype) -> array: the small parameter arrays kernels take (eps, alpha/limit, stand-ins for absent biases)
+_CONSTANTS: dict[tuple[tuple[float, ...], mx.Dtype], mx.array] = {}
+
+
+def constant(values: tuple[float, ...], dtype: mx.Dtype = mx.float32) -> mx.array:
+    """A small kernel input built once per (values, dtype): a fresh array per call would cost an allocation and a
+    graph input on every decode step."""
+    arr = _CONSTANTS.get((values, dtype))
+    if arr is None:
+        arr = _CONSTANTS[(values, dtype)] = mx.array(values, dtype=dtype)
+    return arr
 
 
 def launch(

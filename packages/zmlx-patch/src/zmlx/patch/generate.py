@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import switches
 from .registry import PATTERNS
 
 DEFAULT_PROMPT = "hello"
@@ -54,10 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-patch", action="store_true", help="run mlx-lm unpatched (baseline)")
     p.add_argument("--max-fused-tokens", type=_non_negative, default=32,
                    help="fused path only when a block sees at most this many tokens (default 32)")
-    p.add_argument("--fuse-projections", action=argparse.BooleanOptionalAction, default=False,
-                   help="fuse the quantized projections at decode (default off)")
-    p.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=True,
-                   help="trace patched MoE blocks with mx.compile at decode (default on)")
+    switches.add_arguments(p)
     return p
 
 
@@ -89,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.no_patch:
         patch(model, patterns=args.patterns, exclude=args.exclude, max_fused_tokens=args.max_fused_tokens,
-              fuse_projections=args.fuse_projections, compile_blocks=args.compile_blocks)
+              **switches.effective(switches.given(args)))
     if args.seed is not None:
         mx.random.seed(args.seed)
     if not args.ignore_chat_template and getattr(tokenizer, "chat_template", None):

@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", default=None, help="comma-separated patterns to leave out")
     p.add_argument("--max-fused-tokens", type=int, default=32,
                    help="fused path only when a block sees at most this many tokens (default 32)")
+    # the switch flags are spelled out here (not zmlx.patch.switches.add_arguments): importing zmlx.patch costs
+    # ~1.7 s (mlx-lm), which --help and usage errors should not pay
     p.add_argument("--fuse-projections", action=argparse.BooleanOptionalAction, default=None,
-                   help="fuse the quantized projections at decode (patch(fuse_projections=...); default off)")
+                   help="fuse the quantized projections at decode (default: patch()'s, off)")
     p.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
                    help="trace patched MoE blocks with mx.compile at decode (default: patch()'s, on)")
     p.add_argument("--prefill-step-size", type=int, default=2048, help="prompt chunk size, both sides (2048)")
@@ -167,10 +169,9 @@ def validate(args: argparse.Namespace, out: Any) -> int:
     if not prompt_ids:
         raise UsageError("the prompt encodes to no tokens")
     patch_kwargs: dict[str, Any] = {"max_fused_tokens": args.max_fused_tokens}
-    if args.fuse_projections is not None:
-        patch_kwargs["fuse_projections"] = args.fuse_projections
-    if args.compile_blocks is not None:
-        patch_kwargs["compile_blocks"] = args.compile_blocks
+    from zmlx.patch import switches
+
+    patch_kwargs.update(switches.given(args))
     if args.patterns is not None:
         patch_kwargs["patterns"] = args.patterns
     if args.exclude:
@@ -197,21 +198,11 @@ def validate(args: argparse.Namespace, out: Any) -> int:
             seed=args.seed, max_fused_tokens=args.max_fused_tokens, prompt=args.prompt,
             fidelity=result.fidelity, baseline=result.baseline, patched=result.patched,
             decode_speedup=result.decode_speedup, prefill_speedup=result.prefill_speedup,
-            bisect=bisection, mlx_env=mlx_env, patch_options=_patch_options(patch_kwargs), **env,
+            bisect=bisection, mlx_env=mlx_env, patch_options=switches.effective(patch_kwargs), **env,
         )
         write_json_atomic(args.json, record)
     verdict = result.fidelity.verdict
     return EXIT_PASS if verdict == PASS else EXIT_UNSTABLE if verdict == UNSTABLE else EXIT_FAIL
-
-
-def _patch_options(patch_kwargs: dict[str, Any]) -> dict[str, bool]:
-    import inspect
-
-    from zmlx.patch import patch
-
-    defaults = inspect.signature(patch).parameters
-    return {name: bool(patch_kwargs.get(name, defaults[name].default)) for name in ("fuse_projections",
-                                                                                    "compile_blocks")}
 
 
 def main(argv: Sequence[str] | None = None, *, patch_fns: tuple[Any, Any] | None = None) -> int:

@@ -12,6 +12,8 @@ from ..emit import KernelSpec
 # Per-dtype absolute tolerances for ops that are not bit-exact (as MLX's own tests use).
 TOLERANCE: dict[mx.Dtype, float] = {mx.float32: 1e-6, mx.float16: 1e-3, mx.bfloat16: 1e-2}
 DTYPES: tuple[mx.Dtype, ...] = (mx.float32, mx.float16, mx.bfloat16)
+# Relative error allowed for a reference against float64 math: a few roundings in the array dtype.
+REF_TOLERANCE: dict[mx.Dtype, float] = {mx.float32: 1e-5, mx.float16: 4e-3, mx.bfloat16: 3e-2}
 
 
 def dtype_name(dtype: mx.Dtype) -> str:

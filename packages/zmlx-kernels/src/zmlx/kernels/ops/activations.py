@@ -8,15 +8,16 @@ The kernels evaluate the same op sequence in the array dtype, one rounding per o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..backend import launch, target_for
+from ..backend import constant, launch, target_for
 from ..emit import KernelSpec, Param
-from ._base import DTYPES, CheckCase, OpInfo, RefCheck, dtype_name
+from ._base import DTYPES, REF_TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
 
 # --- references (pure MLX, op for op what mlx-lm computes) ---------------------------------------------
 
@@ -93,7 +94,6 @@ def _spec(variant: str) -> KernelSpec:
 
 SPECS: dict[str, KernelSpec] = {v: _spec(v) for v in _EXPR}
 _THREADS = 256
-_OAI_PARAMS: dict[tuple[float, float], mx.array] = {}
 
 
 def _run(variant: str, gate: mx.array, up: mx.array, extra: tuple[mx.array, ...], stream) -> mx.array:
@@ -131,10 +131,7 @@ def swiglu_oai(
     """gpt-oss's clamped SwiGLU: ``(clip(up, -limit, limit) + 1) * (g * sigmoid(alpha * g))``, ``g = min(gate, limit)``."""
     if target_for(stream) == "cpu":
         return swiglu_oai_reference(gate, up, alpha, limit)
-    params = _OAI_PARAMS.get((alpha, limit))
-    if params is None:
-        params = _OAI_PARAMS[(alpha, limit)] = mx.array([alpha, limit], dtype=mx.float32)
-    return _run("swiglu_oai", gate, up, (params,), stream)
+    return _run("swiglu_oai", gate, up, (constant((alpha, limit)),), stream)
 
 
 # --- checks -----------------------------------------------------------------------------------------------
@@ -161,20 +158,21 @@ def _float64(variant: str, g: np.ndarray, u: np.ndarray) -> np.ndarray:
     return (np.clip(u, -7.0, 7.0) + 1) * gm / (1 + np.exp(-1.702 * gm))
 
 
+# variant -> (public op, its reference), both called as f(gate, up)
+_VARIANTS: dict[str, tuple[Callable[..., mx.array], Callable[..., mx.array]]] = {
+    "swiglu": (swiglu, swiglu_reference),
+    "swiglu_oai": (swiglu_oai, swiglu_oai_reference),
+    "geglu_erf": (partial(geglu, approximate=False), partial(geglu_reference, approximate=False)),
+    "geglu_tanh": (partial(geglu, approximate=True), partial(geglu_reference, approximate=True)),
+}
+
+
 def _ref(variant: str, g: mx.array, u: mx.array) -> mx.array:
-    if variant == "swiglu":
-        return swiglu_reference(g, u)
-    if variant == "swiglu_oai":
-        return swiglu_oai_reference(g, u)
-    return geglu_reference(g, u, approximate=variant == "geglu_tanh")
+    return _VARIANTS[variant][1](g, u)
 
 
 def _fused(variant: str, g: mx.array, u: mx.array) -> mx.array:
-    if variant == "swiglu":
-        return swiglu(g, u)
-    if variant == "swiglu_oai":
-        return swiglu_oai(g, u)
-    return geglu(g, u, approximate=variant == "geglu_tanh")
+    return _VARIANTS[variant][0](g, u)
 
 
 def check_cases(seed: int) -> list[CheckCase]:
@@ -194,10 +192,6 @@ def check_cases(seed: int) -> list[CheckCase]:
     return cases
 
 
-# Relative error allowed for a reference against float64 math: a few roundings in the array dtype.
-_REF_TOL = {mx.float32: 1e-5, mx.float16: 4e-3, mx.bfloat16: 3e-2}
-
-
 def reference_checks(seed: int) -> list[RefCheck]:
     out = []
     key = mx.random.key(seed)
@@ -208,7 +202,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
             got = np.array(_ref(variant, g, u).astype(mx.float32), dtype=np.float64)
             want = _float64(variant, np.array(g.astype(mx.float32), np.float64), np.array(u.astype(mx.float32), np.float64))
             err = float(np.max(np.abs(got - want) / (np.abs(want) + 1.0)))
-            out.append(RefCheck("activations", variant, dtype_name(dtype), err, _REF_TOL[dtype]))
+            out.append(RefCheck("activations", variant, dtype_name(dtype), err, REF_TOLERANCE[dtype]))
     return out
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..backend import gpu_backend, launch, target_for
 from ..emit import KernelSpec, Param
-from ._base import DTYPES, TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
+from ._base import DTYPES, REF_TOLERANCE, TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
 
 
 def moe_combine_reference(y: mx.array, scores: mx.array, *, fp32: bool) -> mx.array:
@@ -123,9 +123,6 @@ def check_cases(seed: int) -> list[CheckCase]:
     return cases
 
 
-_REF_TOL = {mx.float32: 1e-5, mx.float16: 4e-3, mx.bfloat16: 3e-2}
-
-
 def reference_checks(seed: int) -> list[RefCheck]:
     out = []
     key = mx.random.key(seed)
@@ -138,7 +135,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
             s64 = np.array(s.astype(mx.float32), np.float64)
             want = (y64 * s64[..., None]).sum(-2)
             err = float(np.max(np.abs(got - want) / (np.abs(want) + 1.0)))
-            out.append(RefCheck("combine", f"fp32={fp32}", dtype_name(dtype), err, _REF_TOL[dtype] * k))
+            out.append(RefCheck("combine", f"fp32={fp32}", dtype_name(dtype), err, REF_TOLERANCE[dtype] * k))
     return out
 
 

@@ -13,15 +13,13 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from ..backend import launch, target_for
+from ..backend import constant, launch, target_for
 from ._base import CheckCase, OpInfo, RefCheck
 from .activations import geglu_reference, swiglu_oai_reference, swiglu_reference
 from .combine import _promote, moe_combine_reference
 from .moe_experts_kernels import ACTIVATIONS, SPECS
 
 Quant = tuple[mx.array, mx.array, mx.array]  # (packed weights [E, N, K*bits/32], scales, biases)
-_DUMMY: dict[mx.Dtype, mx.array] = {}
-_PARAMS: dict[tuple[float, float], mx.array] = {}
 
 
 def _activate(act: str, gate: mx.array, up: mx.array, alpha: float, limit: float) -> mx.array:
@@ -67,13 +65,7 @@ def mlx_numerics(rows: int, n: int, k: int, group_size: int, bits: int) -> str |
 
 
 def _dummy(dtype: mx.Dtype) -> mx.array:
-    arr = _DUMMY.get(dtype)
-    if arr is None:
-        arr = _DUMMY[dtype] = mx.zeros((1,), dtype=dtype)
-    return arr
-
-
-_ZERO_INDEX: list[mx.array] = []
+    return constant((0,), dtype)  # stands in for an absent bias (the kernel never reads it)
 
 
 def dense_gate_up_reference(x, gate: Quant, up: Quant, *, group_size, bits, activation, alpha=1.702, limit=7.0):
@@ -97,9 +89,7 @@ def dense_gate_up(x: mx.array, gate: Quant, up: Quant, *, group_size: int, bits:
             or mlx_numerics(1, n, x.shape[-1], group_size, bits) != "qmv"):
         return dense_gate_up_reference(x, gate, up, group_size=group_size, bits=bits, activation=activation,
                                        alpha=alpha, limit=limit)
-    if not _ZERO_INDEX:
-        _ZERO_INDEX.append(mx.zeros((1,), dtype=mx.uint32))
-    return moe_gate_up(x, _ZERO_INDEX[0], gate, up, group_size=group_size, bits=bits, activation=activation,
+    return moe_gate_up(x, constant((0,), mx.uint32), gate, up, group_size=group_size, bits=bits, activation=activation,
                        alpha=alpha, limit=limit, out_shape=(*x.shape[:-1], n), stream=stream)
 
 
@@ -126,9 +116,7 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
         h = moe_gate_up_reference(x, indices, gate, up, group_size=group_size, bits=bits, activation=activation,
                                   gate_bias=gate_bias, up_bias=up_bias, alpha=alpha, limit=limit)
         return h if out_shape is None else h.reshape(out_shape)
-    params = _PARAMS.get((alpha, limit))
-    if params is None:
-        params = _PARAMS[(alpha, limit)] = mx.array([alpha, limit], dtype=mx.float32)
+    params = constant((alpha, limit))
     has_bias = gate_bias is not None
     warps = 8 if numerics == "qmv" else 4
     rows_per_block = warps if numerics == "qmv" else warps * 8

@@ -11,9 +11,9 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from ..backend import launch, target_for
+from ..backend import constant, launch, target_for
 from ..emit import KernelSpec, Param
-from ._base import DTYPES, TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
+from ._base import DTYPES, REF_TOLERANCE, TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
 
 
 def add_rms_norm_reference(
@@ -63,7 +63,6 @@ SPEC = KernelSpec(
     body=_BODY,
     templates=(("T", "float"),),
 )
-_EPS: dict[float, mx.array] = {}
 
 
 def add_rms_norm(
@@ -75,9 +74,7 @@ def add_rms_norm(
         return add_rms_norm_reference(x, residual, weight, eps)
     if x.shape != residual.shape or x.dtype != residual.dtype or weight.dtype != x.dtype:
         raise ValueError("add_rms_norm: x and residual must share shape and dtype, and weight must match dtype")
-    eps_arr = _EPS.get(eps)
-    if eps_arr is None:
-        eps_arr = _EPS[eps] = mx.array([eps], dtype=mx.float32)
+    eps_arr = constant((eps,))
     d = x.shape[-1]
     rows = x.size // d
     threads = 1024 if d >= 4096 else 256 if d >= 1024 else 128 if d >= 256 else 32
@@ -118,9 +115,6 @@ def check_cases(seed: int) -> list[CheckCase]:
     return cases
 
 
-_REF_TOL = {mx.float32: 1e-5, mx.float16: 4e-3, mx.bfloat16: 3e-2}
-
-
 def reference_checks(seed: int) -> list[RefCheck]:
     out = []
     key = mx.random.key(seed)
@@ -133,7 +127,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
         want = f64(w) * hh / np.sqrt(np.mean(hh * hh, axis=-1, keepdims=True) + 1e-5)
         err = max(float(np.max(np.abs(f64(h) - hh) / (np.abs(hh) + 1))),
                   float(np.max(np.abs(f64(normed) - want) / (np.abs(want) + 1))))
-        out.append(RefCheck("norms", "add_rms_norm", dtype_name(dtype), err, _REF_TOL[dtype]))
+        out.append(RefCheck("norms", "add_rms_norm", dtype_name(dtype), err, REF_TOLERANCE[dtype]))
     return out
 
 

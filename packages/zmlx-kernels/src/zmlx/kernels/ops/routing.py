@@ -37,8 +37,8 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from ..backend import gpu_backend, launch, target_for
-from ._base import DTYPES, TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
+from ..backend import constant, gpu_backend, launch, target_for
+from ._base import DTYPES, REF_TOLERANCE, TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
 from .routing_kernels import MAX_EXPERTS, MAX_K, SPECS, template
 
 _FLOATS = (mx.float32, mx.float16, mx.bfloat16)
@@ -117,7 +117,6 @@ def grouped_sigmoid_topk_reference(
 
 # --- kernels ----------------------------------------------------------------------------------------------
 
-_PARAMS: dict[tuple[float, float], mx.array] = {}
 _NO_BIAS = mx.zeros((1,), dtype=mx.float32)
 
 
@@ -129,9 +128,7 @@ def _fits(logits: mx.array, k: int) -> bool:
 def _run(variant, logits, k, stream, *, wdtype, sum_dtype=None, soft_dtype=None, neg=False, renorm=False,
          bias=None, eps=0.0, scale=1.0, n_group=1, topk_group=1):
     backend = target_for(stream)
-    params = _PARAMS.get((eps, scale))
-    if params is None:
-        params = _PARAMS[(eps, scale)] = mx.array([eps, scale], dtype=mx.float32)
+    params = constant((eps, scale))
     tmpl, tg = template(
         variant, backend, dtype=logits.dtype, wdtype=wdtype, sum_dtype=sum_dtype or logits.dtype,
         soft_dtype=soft_dtype or logits.dtype, experts=logits.shape[-1], k=k, neg=neg, renorm=renorm,
@@ -290,9 +287,6 @@ def _float64(variant, x, k, kw):
     return sel.reshape(-1), lambda idx: s[idx] / (s[idx].sum() if renorm else 1.0) * kw["scale"]
 
 
-_REF_TOL = {mx.float32: 1e-5, mx.float16: 4e-3, mx.bfloat16: 3e-2}
-
-
 def reference_checks(seed: int) -> list[RefCheck]:
     """Each reference against float64 math: weights of its picks, and its picks being a top-k (up to rounding)."""
     out = []
@@ -312,7 +306,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
                 rest = np.delete(keys, i64[r])
                 gap = (rest.max() - keys[i64[r]].min()) if rest.size else 0.0
                 err = max(err, float(gap) / (abs(float(keys[i64[r]].min())) + 1e-3))
-            tol = max(_REF_TOL[dtype], _REF_TOL[weights.dtype])  # out_dtype may round the weights further
+            tol = max(REF_TOLERANCE[dtype], REF_TOLERANCE[weights.dtype])  # out_dtype may round the weights further
             out.append(RefCheck("routing", variant, dtype_name(dtype), err, tol))
     return out
 

@@ -1,0 +1,41 @@
+"""patch()'s on/off switches for command lines: the flags are None unless given, so no CLI restates a default that
+lives in ``patch``'s signature; :func:`effective` resolves them for records and capsules (zmlx-validate, zmlx-bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+SWITCHES: dict[str, str] = {
+    "fuse_projections": "fuse the quantized projections at decode",
+    "compile_blocks": "trace patched MoE blocks with mx.compile at decode",
+}
+
+
+def defaults() -> dict[str, bool]:
+    """patch()'s default for each switch, read from its signature."""
+    from .core import patch
+
+    params = inspect.signature(patch).parameters
+    return {name: params[name].default for name in SWITCHES}
+
+
+def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """``--[no-]fuse-projections`` and ``--[no-]compile-blocks``, each None unless given."""
+    for name, default in defaults().items():
+        what = SWITCHES[name]
+        parser.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
+                            help=f"{what} (patch({name}=...); default {'on' if default else 'off'})")
+
+
+def given(args: argparse.Namespace) -> dict[str, bool]:
+    """The switches the command line set explicitly: pass these to patch() and its defaults apply to the rest."""
+    return {name: getattr(args, name) for name in SWITCHES if getattr(args, name) is not None}
+
+
+def effective(kwargs: Mapping[str, Any]) -> dict[str, bool]:
+    """Every switch's value for a patch() call with ``kwargs``, defaults included."""
+    return {name: bool(kwargs.get(name, default)) for name, default in defaults().items()}
