@@ -38,12 +38,15 @@ template <typename U> U rsqrt(U x) { return U(1.0f / std::sqrt(float(x))); }
 template <typename U> U min(U a, U b) { return a < b ? a : b; }
 template <typename U> U max(U a, U b) { return a > b ? a : b; }
 template <typename U> U pow(U a, U b) { return U(std::pow(float(a), float(b))); }
+template <typename U> U exp2(U x) { return U(std::exp2(float(x))); }
 inline float fma(float a, float b, float c) { return std::fma(a, b, c); }
 inline float copysign(float a, float b) { return std::copysign(a, b); }
 template <typename U> bool isnan(U x) { return std::isnan(float(x)); }
 namespace precise {
 template <typename U> U exp(U x) { return U(std::exp(float(x))); }
 template <typename U> U tanh(U x) { return U(std::tanh(float(x))); }
+template <typename U> U cos(U x) { return U(std::cos(float(x))); }
+template <typename U> U sin(U x) { return U(std::sin(float(x))); }
 }  // namespace precise
 namespace fast {
 template <typename U> U exp(U x) { return U(std::exp(float(x))); }

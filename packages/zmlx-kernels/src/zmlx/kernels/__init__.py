@@ -11,6 +11,7 @@ from ._compat import check_mlx_version
 check_mlx_version()
 
 from .ops.activations import geglu, swiglu, swiglu_oai  # noqa: E402
+from .ops.attention import qk_norm_rope  # noqa: E402
 from .ops.combine import moe_combine  # noqa: E402
 from .ops.moe_experts import dense_gate_up, moe_down_combine, moe_gate_up  # noqa: E402
 from .ops.norms import add_rms_norm  # noqa: E402
@@ -30,6 +31,7 @@ __all__ = [
     "moe_combine",
     "moe_down_combine",
     "moe_gate_up",
+    "qk_norm_rope",
     "sigmoid_topk",
     "softmax_topk",
     "swiglu",

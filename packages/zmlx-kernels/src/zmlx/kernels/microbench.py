@@ -61,6 +61,11 @@ def _norm(d: int) -> Callable[[int], tuple[list[Any], dict[str, Any]]]:
     return lambda m: ([_normal((m, d), 1), _normal((m, d), 2, 3.0), 1 + _normal((d,), 3, 0.1), 1e-6], {})
 
 
+def _qk(hq: int, hk: int, d: int) -> Callable[[int], tuple[list[Any], dict[str, Any]]]:
+    return lambda m: ([_normal((m, 1, hq, d), 1, 4.0), _normal((m, 1, hk, d), 2), 1 + _normal((d,), 3, 0.1),
+                       1 + _normal((d,), 4, 0.1), 1e-6, 1e-6], {"offset": 517, "base": 1e6})
+
+
 def _router(e: int, **kw: Any) -> Callable[[int], tuple[list[Any], dict[str, Any]]]:
     def make(m: int) -> tuple[list[Any], dict[str, Any]]:
         args = dict(kw)
@@ -93,6 +98,7 @@ OP_CASES: tuple[OpCase, ...] = (
     OpCase("swiglu_oai", "activations", "gpt-oss-20b", _act(4, 2880)),
     OpCase("geglu", "activations", "gemma-3-4b", _geglu(10240)),
     OpCase("add_rms_norm", "norms", "llama-3-8b", _norm(4096)),
+    OpCase("qk_norm_rope", "attention", "qwen3-30b-a3b", _qk(32, 4, 128)),
 )
 
 # Decode-shape expert MLPs of the benchmark models: (name, experts, top k, hidden, intermediate); E=0 is dense.

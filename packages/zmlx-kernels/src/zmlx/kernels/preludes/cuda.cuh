@@ -5,6 +5,7 @@
 
 #define ZM_FN __device__ __forceinline__
 #define ZM_SHARED __shared__
+#define ZM_DEVICE  // address space of a pointer into a kernel argument (Metal: device)
 #define ZM_TG  // address space of a pointer into ZM_SHARED memory (Metal: threadgroup)
 #define ZM_BARRIER() __syncthreads()
 #define ZM_WARP_SYNC() __syncwarp()
@@ -54,6 +55,10 @@ ZM_FN float zm_fmul(float a, float b) { return __fmul_rn(a, b); }
 ZM_FN float zm_fadd(float a, float b) { return __fadd_rn(a, b); }
 ZM_FN float zm_fexp(float x) { return expf(x); }
 ZM_FN float zm_finf() { return __int_as_float(0x7f800000); }
+// The float32 library functions MLX's rope kernels call (exp2 / cos / sin on a float: exp2f, cosf, sinf).
+ZM_FN float zm_exp2f(float x) { return exp2f(x); }
+ZM_FN float zm_cosf(float x) { return cosf(x); }
+ZM_FN float zm_sinf(float x) { return sinf(x); }
 
 // ---- quantized GEMV helpers -------------------------------------------------------------------------------
 #define ZM_REF(type) type&

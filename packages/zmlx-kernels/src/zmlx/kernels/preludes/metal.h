@@ -3,6 +3,7 @@
 #define ZM_FN inline
 #define ZM_SHARED threadgroup
 #define ZM_TG threadgroup
+#define ZM_DEVICE device  // address space of a pointer into a kernel argument (CUDA: global, no qualifier)
 #define ZM_BARRIER() threadgroup_barrier(mem_flags::mem_threadgroup)
 #define ZM_WARP_SYNC() simdgroup_barrier(mem_flags::mem_threadgroup)
 #define ZM_SIMD_WIDTH 32
@@ -62,6 +63,9 @@ ZM_FN float zm_fmul(float a, float b) { return a * b; }
 ZM_FN float zm_fadd(float a, float b) { return a + b; }
 ZM_FN float zm_fexp(float x) { return metal::exp(x); }
 ZM_FN float zm_finf() { return INFINITY; }
+ZM_FN float zm_exp2f(float x) { return metal::exp2(x); }
+ZM_FN float zm_cosf(float x) { return metal::precise::cos(x); }
+ZM_FN float zm_sinf(float x) { return metal::precise::sin(x); }
 
 // ---- quantized GEMV helpers -------------------------------------------------------------------------------
 #define ZM_REF(type) thread type&
