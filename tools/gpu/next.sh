@@ -18,6 +18,7 @@ job() { local name=$1; shift; ( timeout "$LIMIT" "$@" > "$OUT/$name.log" 2>&1; e
 job patch-default "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k default
 job patch-fuse "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k fuse_projections
 job patch-compile "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k compile_blocks
+job patch-residual "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k residual_norm
 job validate "${PT[@]}" packages/zmlx-validate/tests/test_validate_gpu.py
 job kernels-moe "${PT[@]}" $K/test_kernels_gpu.py -k moe
 job kernels-rest "${PT[@]}" $K/test_kernels_gpu.py -k "not moe"

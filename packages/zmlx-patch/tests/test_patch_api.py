@@ -30,12 +30,13 @@ def test_verbose_output_has_the_tour_shape(capsys):
     result = patch(model)
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        "[zmlx.patch] Applying 3 patterns: ['swiglu_mlp', 'geglu_mlp', 'moe_mlp']",
-        "Patched 3 modules:",
+        "[zmlx.patch] Applying 4 patterns: ['swiglu_mlp', 'geglu_mlp', 'moe_mlp', 'qk_norm_rope']",
+        "Patched 4 modules:",
         "  moe_mlp: 2",
+        "  qk_norm_rope: 1",
         "  swiglu_mlp: 1",
     ]
-    assert isinstance(result, PatchResult) and result.total == 3
+    assert isinstance(result, PatchResult) and result.total == 4
     assert result.not_applied == {}
 
 
@@ -118,7 +119,7 @@ def test_batch_counts_as_tokens(monkeypatch):
 
 def test_patterns_and_exclude_select(capsys):
     model = tiny.build("qwen3_moe")
-    assert patch(model, exclude=["moe_mlp"], verbose=False).counts == {"swiglu_mlp": 1}
+    assert patch(model, exclude=["moe_mlp"], verbose=False).counts == {"qk_norm_rope": 3, "swiglu_mlp": 1}
     unpatch(model)
     result = patch(model, patterns="moe_mlp", verbose=False)
     assert result.patterns == ["moe_mlp"] and result.counts == {"moe_mlp": 2}
@@ -135,7 +136,7 @@ def test_explicit_pattern_overrides_an_exclusion_with_a_warning(monkeypatch, cap
     fam = FAMILIES["qwen3_moe"]
     monkeypatch.setitem(fam.excluded, "moe_mlp", "measured break (test)")
     model = tiny.build("qwen3_moe")
-    assert patch(model, verbose=False).counts == {"swiglu_mlp": 1}
+    assert patch(model, verbose=False).counts == {"qk_norm_rope": 3, "swiglu_mlp": 1}
     unpatch(model)
     result = patch(model, patterns=["moe_mlp"])
     assert result.counts == {"moe_mlp": 2}
@@ -175,10 +176,11 @@ def test_sharding_group_keeps_all_sum(monkeypatch):
 
 
 def test_list_patterns_and_support_matrix(capsys):
-    assert list_patterns() == ["swiglu_mlp", "geglu_mlp", "moe_mlp", "residual_norm"]
+    assert list_patterns() == ["swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "residual_norm"]
     assert list_patterns("mistral") == ["swiglu_mlp"]
     assert list_patterns("gemma2") == ["geglu_mlp"]
-    assert list_patterns("qwen3_moe") == ["swiglu_mlp", "moe_mlp"]
+    assert list_patterns("qwen3_moe") == ["swiglu_mlp", "moe_mlp", "qk_norm_rope"]
+    assert list_patterns("llama") == ["swiglu_mlp"]  # no per-head q/k norm: nothing for qk_norm_rope
     assert list_patterns("bert") == []
     assert list_main(["list"]) == 0
     out = capsys.readouterr().out

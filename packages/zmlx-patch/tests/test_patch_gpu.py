@@ -2,8 +2,9 @@
 
 One test per family, on ONE tiny bf16 4-bit model (two builds of the same model are not reliably identical on
 the H100 host): greedy-decode N_TOKENS unpatched, patch, decode again, unpatch, decode a third time. Patched and
-unpatched-again tokens must equal the baseline; for MoE families the teacher-forced decode logits (M=1) must also
-be bit-equal patched vs unpatched. One summary line per family for docs/gpu-test-log.md.
+unpatched-again tokens must equal the baseline, and the teacher-forced decode logits (M=1) must be bit-equal
+patched vs unpatched for every family (each default pattern is meant to be bit-exact on CUDA). One summary line
+per family for docs/gpu-test-log.md. Mode residual_norm adds that opt-in pattern where a family has it.
 
 Kernel instantiations triggered here (CUDA: each is an NVRTC compile), counted with launch() recorded: about
 21 if this module runs alone -- routing 9 (one per distinct MoE flag set, E=8 k=3; shared with nothing else),
@@ -31,7 +32,8 @@ pytestmark = [
 N_TOKENS = 100  # the issue asks for 100+ greedy tokens per MoE family
 N_LOGIT_STEPS = 24
 OPS = tuple(name for name in ("swiglu", "geglu", "moe_combine", "moe_gate_up", "moe_down_combine", "softmax_topk",
-                              "topk_softmax", "sigmoid_topk", "grouped_sigmoid_topk") if hasattr(zk, name))
+                              "topk_softmax", "sigmoid_topk", "grouped_sigmoid_topk", "qk_norm_rope", "add_rms_norm")
+            if hasattr(zk, name))
 
 
 @pytest.fixture(scope="module")
@@ -70,28 +72,35 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
 
 
-MODES = {"default": {}, "fuse_projections": {"fuse_projections": True}, "compile_blocks": {"compile_blocks": True}}
+MODES = {"default": {}, "fuse_projections": {"fuse_projections": True}, "compile_blocks": {"compile_blocks": True},
+         "residual_norm": {}}  # residual_norm: the defaults plus the opt-in residual_norm, where a family has it
 
 
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("family", tiny.FAMILIES)
 def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
+    spec = FAMILIES.get(family)  # None for mistral, which mlx-lm remaps to llama
+    spec = spec or FAMILIES["llama"]
+    if mode == "residual_norm" and "residual_norm" not in spec.sites:
+        pytest.skip(f"{family} has no residual_norm site")
     model = models(family)
-    moe = family in tiny.MOE_FAMILIES
     prompt = tiny.tokens(6)[0]
     seq = tiny.tokens(N_LOGIT_STEPS, seed=5)
     base = _greedy(model, prompt, N_TOKENS)
-    base_logits = _decode_logits(model, seq) if moe else []
+    base_logits = _decode_logits(model, seq)
 
     # patterns off by default on CUDA for speed (registry.SLOW_ON_CUDA) are still tested for fidelity here
-    spec = FAMILIES.get(family)  # None for mistral, which mlx-lm remaps to llama
-    patterns = spec.default_patterns() if spec is not None and spec.slow_on_cuda else None
+    patterns = spec.default_patterns() if spec.slow_on_cuda or mode == "residual_norm" else None
+    expected = dict(tiny.CONFIGS[family][1])
+    if mode == "residual_norm":
+        patterns = patterns + ["residual_norm"]
+        expected["residual_norm"] = tiny.config(family)["num_hidden_layers"]
     result = patch(model, verbose=False, patterns=patterns, **MODES[mode])
     try:
-        assert result.counts == tiny.CONFIGS[family][1]
+        assert result.counts == expected
         calls = _count_kernel_calls(monkeypatch)
         got = _greedy(model, prompt, N_TOKENS)
-        got_logits = _decode_logits(model, seq) if moe else []
+        got_logits = _decode_logits(model, seq)
         monkeypatch.undo()
     finally:
         restored = unpatch(model)
@@ -103,8 +112,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
     first = _first_diff(base, got)
     print(f"[gpu] {family} {mode}: {N_TOKENS} tokens, first divergence {first}, unpatched again "
           f"{'identical' if again == base else f'diverges at {_first_diff(base, again)}'}, distinct tokens "
-          f"{len(set(base))}, kernel calls { {k: v for k, v in calls.items() if v} }"
-          + (f", max |logit diff| over {N_LOGIT_STEPS} decode steps = {worst}" if moe else ""))
+          f"{len(set(base))}, kernel calls { {k: v for k, v in calls.items() if v} }, "
+          f"max |logit diff| over {N_LOGIT_STEPS} decode steps = {worst}")
     assert sum(calls.values()) > 0
     assert got == base, f"{family}: greedy tokens diverge at {first}"
     assert again == base, f"{family}: after unpatch, greedy tokens diverge at {_first_diff(base, again)}"

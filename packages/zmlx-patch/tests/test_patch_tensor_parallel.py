@@ -31,7 +31,7 @@ def test_sharded_qwen3_moe_greedy_tokens_identical(tmp_path):
     assert proc.returncode == 0 and out.exists(), proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["size"] == 2 and result["sharded"] == [True]
-    assert result["counts"] == {"moe_mlp": 2, "swiglu_mlp": 1}
+    assert result["counts"] == {"moe_mlp": 2, "qk_norm_rope": 3, "swiglu_mlp": 1}
     assert result["fused_calls"] > 0  # the patched MoE blocks took the fused path on both ranks
     assert result["patched"] == result["base"] and len(result["base"]) == 16
-    assert result["restored"] == 3
+    assert result["restored"] == 6

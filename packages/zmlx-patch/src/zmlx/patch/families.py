@@ -87,6 +87,19 @@ class ResidualSite:
     ffn: str
 
 
+@dataclass(frozen=True)
+class AttentionSite:
+    """An attention block whose ``__call__`` is exactly Qwen3's: projections, per-head ``q_norm``/``k_norm``
+    (``nn.RMSNorm``), ``transpose(0, 2, 1, 3)``, ``rope(., offset=cache.offset)`` (``nn.RoPE``, all dims),
+    ``cache.update_and_fetch``, mlx-lm's ``scaled_dot_product_attention``, then the output projection.
+    """
+
+    block: str
+    q_norm: str
+    k_norm: str
+    out: str
+
+
 def resolve_class(block: str) -> type | None:
     """``"mlx_lm.models.llama:MLP"`` -> the class, or None if this mlx-lm lacks it."""
     module_name, _, qualname = block.partition(":")
@@ -214,4 +227,13 @@ RESIDUAL: dict[str, tuple[ResidualSite, ...]] = {
     "qwen3_moe": (ResidualSite(_m("qwen3_moe", "Qwen3MoeDecoderLayer"), "self_attn", "mlp"),),
     "qwen2_moe": (ResidualSite(_m("qwen2_moe", "Qwen2MoeDecoderLayer"), "self_attn", "mlp"),),
     "mixtral": (ResidualSite(_m("mixtral", "MixtralDecoderLayer"), "self_attn", "block_sparse_moe"),),
+}
+
+
+# Attention blocks with per-head q/k RMSNorm before RoPE, each __call__ line for line the AttentionSite shape.
+ATTENTION: dict[str, tuple[AttentionSite, ...]] = {
+    "qwen3": (AttentionSite(_m("qwen3", "Attention"), "q_norm", "k_norm", "o_proj"),),
+    "qwen3_moe": (AttentionSite(_m("qwen3_moe", "Attention"), "q_norm", "k_norm", "o_proj"),),
+    "lfm2": (AttentionSite(_m("lfm2", "Attention"), "q_layernorm", "k_layernorm", "out_proj"),),
+    "lfm2_moe": (AttentionSite(_m("lfm2_moe", "Attention"), "q_layernorm", "k_layernorm", "out_proj"),),
 }

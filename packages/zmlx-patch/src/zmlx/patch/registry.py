@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .families import DENSE, MOE, RESIDUAL, DenseSite, MoeSite, ResidualSite
+from .families import ATTENTION, DENSE, MOE, RESIDUAL, AttentionSite, DenseSite, MoeSite, ResidualSite
 
-Site = DenseSite | MoeSite | ResidualSite
+Site = DenseSite | MoeSite | ResidualSite | AttentionSite
 
-PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "residual_norm")
-DEFAULT_PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp")
+PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "residual_norm")
+DEFAULT_PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope")
 
 # Opt-in until a GPU run shows it token-identical per family: on the CPU the op *is* the reference, so the CPU
 # suite cannot tell whether the fused kernel rounds like mx.fast.rms_norm.
@@ -57,6 +57,8 @@ def _family(model_type: str, sites_from: str | None = None, aliases: tuple[str, 
         sites["geglu_mlp"] = geglu
     if key in MOE:
         sites["moe_mlp"] = (MOE[key],)
+    if key in ATTENTION:
+        sites["qk_norm_rope"] = ATTENTION[key]
     opt_in = {}
     if key in RESIDUAL:
         sites["residual_norm"] = RESIDUAL[key]

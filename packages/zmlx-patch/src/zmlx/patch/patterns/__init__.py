@@ -8,7 +8,7 @@ from typing import Any
 
 import mlx.nn as nn
 
-from . import geglu_mlp, moe_mlp, residual_norm, swiglu_mlp
+from . import geglu_mlp, moe_mlp, qk_norm_rope, residual_norm, swiglu_mlp
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ PATTERNS: dict[str, Pattern] = {
         Pattern("swiglu_mlp", swiglu_mlp.check, swiglu_mlp.fused, swiglu_mlp.SUMMARY, compilable=lambda site: False),
         Pattern("geglu_mlp", geglu_mlp.check, geglu_mlp.fused, geglu_mlp.SUMMARY, compilable=lambda site: False),
         Pattern("moe_mlp", moe_mlp.check, moe_mlp.fused, moe_mlp.SUMMARY, compilable=moe_mlp.compilable),
+        # the KV cache update inside the block changes shape every step: never traced
+        Pattern("qk_norm_rope", qk_norm_rope.check, qk_norm_rope.fused, qk_norm_rope.SUMMARY,
+                compilable=lambda site: False),
         Pattern("residual_norm", residual_norm.check, residual_norm.fused, residual_norm.SUMMARY,
                 compilable=lambda site: False),
     )

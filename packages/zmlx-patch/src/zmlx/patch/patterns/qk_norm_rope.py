@@ -1,0 +1,57 @@
+"""qk_norm_rope: an attention block's per-head q/k RMSNorm and RoPE as one zk.qk_norm_rope launch.
+
+The rest of the block is its own code, line for line (families.AttentionSite): projections, the value transpose,
+``cache.update_and_fetch``, mlx-lm's ``scaled_dot_product_attention`` and the output projection. Caches whose
+``offset`` is not a plain int (batched generation keeps one offset per sequence) take the block's original path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.base import scaled_dot_product_attention
+from zmlx import kernels as zk
+
+from .._swap import original_class
+from ..families import AttentionSite
+from ._structure import missing_modules
+
+SUMMARY = "attention: per-head q/k RMSNorm + RoPE in one launch (zk.qk_norm_rope), output in the cache's layout"
+
+
+def check(module: nn.Module, site: AttentionSite) -> str | None:
+    reason = missing_modules(module, ("q_proj", "k_proj", "v_proj", site.out, site.q_norm, site.k_norm, "rope"))
+    if reason:
+        return reason
+    for name in (site.q_norm, site.k_norm):
+        if type(module[name]) is not nn.RMSNorm:
+            return f"{name} is not an nn.RMSNorm"
+    if type(module.rope) is not nn.RoPE:  # scaled variants (Llama3RoPE, YarnRoPE...) compute their own freqs
+        return f"rope is {type(module.rope).__name__}, not nn.RoPE"
+    head_dim = module[site.q_norm]["weight"].shape[-1]
+    if module.rope.dims != head_dim or module[site.k_norm]["weight"].shape[-1] != head_dim:
+        return f"rope rotates {module.rope.dims} of {head_dim} dims (only full-width RoPE is fused)"
+    if not all(isinstance(getattr(module, a, None), int) for a in ("n_heads", "n_kv_heads")):
+        return "no integer n_heads / n_kv_heads"
+    return None
+
+
+def fused(self: nn.Module, site: AttentionSite, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+    offset = 0 if cache is None else getattr(cache, "offset", None)
+    if type(offset) is not int:
+        return original_class(self).__call__(self, x, mask, cache)
+    B, L, _ = x.shape
+    queries, keys, values = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+    q_norm, k_norm, rope = self[site.q_norm], self[site.k_norm], self.rope
+    queries, keys = zk.qk_norm_rope(
+        queries.reshape(B, L, self.n_heads, -1), keys.reshape(B, L, self.n_kv_heads, -1),
+        q_norm["weight"], k_norm["weight"], q_norm.eps, k_norm.eps,
+        offset=offset, base=rope.base, scale=rope.scale, traditional=rope.traditional,
+    )
+    values = values.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+    if cache is not None:
+        keys, values = cache.update_and_fetch(keys, values)
+    output = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)
+    return self[site.out](output.transpose(0, 2, 1, 3).reshape(B, L, -1))
