@@ -1,0 +1,101 @@
+"""Interleaved A/B of patch configurations in ONE process on one host: decode ms per token, per configuration.
+
+  python3 tools/gpu/ab_decode.py synthetic:qwen3-30b-a3b --configs stock moe moe+qk moe+qk+res --rounds 5
+
+Capsules compare stock with one patched configuration across processes; this compares several configurations
+against each other on the same loaded model (patch / unpatch between them), rounds interleaved, so host-to-host
+noise cancels. Each configuration's greedy tokens are checked against stock's. A tool for deciding defaults; the
+speed claims in docs still come from capsules.
+
+Config names join parts with '+': moe (moe_mlp), qk (qk_norm_rope), res (residual_norm), mlp (swiglu_mlp,
+geglu_mlp), fuse (fuse_projections=True), eager (compile_blocks=False); 'stock' is the unpatched model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "mlp": ["swiglu_mlp", "geglu_mlp"]}
+
+
+def parse_config(name: str) -> tuple[list[str], dict[str, bool]] | None:
+    """'moe+qk+fuse' -> (patterns, patch kwargs); None for 'stock'."""
+    if name == "stock":
+        return None
+    patterns: list[str] = []
+    kwargs = {"fuse_projections": False, "compile_blocks": True}
+    for part in name.split("+"):
+        if part == "fuse":
+            kwargs["fuse_projections"] = True
+        elif part == "eager":
+            kwargs["compile_blocks"] = False
+        elif part in PARTS:
+            patterns += PARTS[part]
+        else:
+            raise SystemExit(f"ab_decode: unknown config part {part!r} in {name!r}; known: {sorted(PARTS)}, fuse, eager")
+    return patterns, kwargs
+
+
+def decode(model, prompt, n: int) -> tuple[list[int], float]:
+    """Greedy tokens and wall ms per token after the first (mlx-lm's pipelined generate_step)."""
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_sampler
+
+    tokens, t0 = [], 0.0
+    for i, (tok, _) in enumerate(generate_step(prompt, model, max_tokens=n, sampler=make_sampler(temp=0.0))):
+        tokens.append(int(tok))
+        if i == 0:
+            t0 = time.perf_counter()
+    return tokens, (time.perf_counter() - t0) * 1e3 / (n - 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model")
+    p.add_argument("--configs", nargs="+", default=["stock", "moe", "moe+qk"])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--max-tokens", "-m", type=int, default=128)
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--cache-dir", default="/tmp/zmlx-synth")
+    args = p.parse_args(argv)
+    configs = {name: parse_config(name) for name in args.configs}
+
+    import mlx.core as mx
+    from zmlx.patch import patch, unpatch
+    from zmlx.validate import load_model
+
+    model, _, _ = load_model(args.model, cache_dir=args.cache_dir)
+    mx.random.seed(0)
+    prompt = mx.random.randint(0, model.args.vocab_size, (args.prompt_tokens,))
+    ms: dict[str, list[float]] = {c: [] for c in configs}
+    ref: list[int] | None = None
+    diverged: dict[str, int] = {}
+    for rnd in range(args.rounds + 1):  # round 0 warms every configuration up (compiles, traces)
+        for name, cfg in configs.items():
+            if cfg is not None:
+                patch(model, patterns=cfg[0], verbose=False, **cfg[1])
+            try:
+                toks, per_token = decode(model, prompt, args.max_tokens)
+            finally:
+                unpatch(model)
+            if name == "stock" and ref is None:
+                ref = toks
+            if ref is not None and toks != ref:
+                diverged.setdefault(name, next((i for i, (a, b) in enumerate(zip(ref, toks)) if a != b), len(toks)))
+            if rnd:
+                ms[name].append(per_token)
+    base = statistics.median(ms["stock"]) if "stock" in ms else None
+    print(f"{args.model}: {args.max_tokens} tokens x {args.rounds} rounds, interleaved; ms/token median [min, max]")
+    for name, xs in ms.items():
+        med = statistics.median(xs)
+        rel = f"  x{base / med:.3f} vs stock" if base else ""
+        tok = f"  DIVERGES at token {diverged[name]}" if name in diverged else ("  tokens = stock" if ref else "")
+        print(f"  {name:<18} {med:7.2f} [{min(xs):.2f}, {max(xs):.2f}]{rel}{tok}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""tools/gpu/ab_decode.py: configuration names parse to the patch() arguments they stand for."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("ab_decode", Path(__file__).with_name("gpu") / "ab_decode.py")
+ab = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ab)
+
+
+def test_configs_parse():
+    assert ab.parse_config("stock") is None
+    assert ab.parse_config("moe+qk") == (["moe_mlp", "qk_norm_rope"], {"fuse_projections": False, "compile_blocks": True})
+    pats, kw = ab.parse_config("mlp+res+fuse+eager")
+    assert pats == ["swiglu_mlp", "geglu_mlp", "residual_norm"]
+    assert kw == {"fuse_projections": True, "compile_blocks": False}
+
+
+def test_unknown_part_exits_with_a_message():
+    with pytest.raises(SystemExit, match="unknown config part 'turbo'"):
+        ab.parse_config("moe+turbo")
