@@ -73,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     ms: dict[str, list[float]] = {c: [] for c in configs}
     ref: list[int] | None = None
     diverged: dict[str, int] = {}
+    names = list(configs)
+    paired: dict[str, list[float]] = {c: [] for c in configs}  # stock ms / config ms within one round
     for rnd in range(args.rounds + 1):  # round 0 warms every configuration up (compiles, traces)
-        for name, cfg in configs.items():
+        # rotate the order each round so no configuration always follows the same one
+        for name in names[rnd % len(names):] + names[: rnd % len(names)]:
+            cfg = configs[name]
             if cfg is not None:
                 patch(model, patterns=cfg[0], verbose=False, **cfg[1])
             try:
@@ -87,11 +91,18 @@ def main(argv: list[str] | None = None) -> int:
                 diverged.setdefault(name, next((i for i, (a, b) in enumerate(zip(ref, toks)) if a != b), len(toks)))
             if rnd:
                 ms[name].append(per_token)
+        if rnd and "stock" in ms:
+            for name in names:
+                paired[name].append(ms["stock"][-1] / ms[name][-1])
+        if rnd:  # progress, in case the host's time limit cuts the run short
+            print(f"round {rnd}: " + " ".join(f"{n}={ms[n][-1]:.2f}" for n in names), flush=True)
     base = statistics.median(ms["stock"]) if "stock" in ms else None
-    print(f"{args.model}: {args.max_tokens} tokens x {args.rounds} rounds, interleaved; ms/token median [min, max]")
+    print(f"{args.model}: {args.max_tokens} tokens x {args.rounds} rounds, interleaved; ms/token median [min, max];"
+          " speedup = median over rounds of stock/config within the round [min, max]")
     for name, xs in ms.items():
         med = statistics.median(xs)
-        rel = f"  x{base / med:.3f} vs stock" if base else ""
+        pr = paired[name]
+        rel = f"  x{statistics.median(pr):.3f} [{min(pr):.3f}, {max(pr):.3f}]" if base and pr else ""
         tok = f"  DIVERGES at token {diverged[name]}" if name in diverged else ("  tokens = stock" if ref else "")
         print(f"  {name:<18} {med:7.2f} [{min(xs):.2f}, {max(xs):.2f}]{rel}{tok}")
     return 0

@@ -16,8 +16,9 @@ PT=(python3 -m pytest -m gpu -q -p no:cacheprovider -rfE -s)
 K=packages/zmlx-kernels/tests
 job() { local name=$1; shift; ( timeout "$LIMIT" "$@" > "$OUT/$name.log" 2>&1; echo "exit $?" >> "$OUT/$name.log" ) & }
 job patch-default "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k default
-job patch-fuse "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k fuse_projections
-job patch-compile "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k compile_blocks
+job patch-fuse "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "fuse_projections and not unfused"
+job patch-unfused "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k unfused
+job patch-eager "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k eager
 job patch-residual "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k residual_norm
 job validate "${PT[@]}" packages/zmlx-validate/tests/test_validate_gpu.py
 job kernels-moe "${PT[@]}" $K/test_kernels_gpu.py -k moe

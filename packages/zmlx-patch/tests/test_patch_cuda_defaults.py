@@ -1,31 +1,61 @@
-"""Perf exclusions measured on CUDA apply only there, name their capsule, and explicit patterns= overrides them."""
+"""Per-family CUDA defaults measured on the H100 apply only there, name their capsules, and explicit arguments
+override them: moe_mlp off for gpt_oss unless its projections are fused, fuse_projections on for the families in
+registry.FUSE_ON_CUDA."""
 
 from pathlib import Path
 
+import pytest
 import zmlx.patch.core as core
 import zmlx_patch_tiny as tiny
-from zmlx.patch import patch
-from zmlx.patch.registry import FAMILIES
+from zmlx.patch import patch, unpatch
+from zmlx.patch.registry import FAMILIES, FUSE_ON_CUDA
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def test_gpt_oss_moe_mlp_off_by_default_on_cuda_only(monkeypatch):
-    model = tiny.build("gpt_oss", quantized=True)
-    assert patch(model, verbose=False).counts == {"moe_mlp": 2}  # this machine: CPU, no exclusion
-    from zmlx.patch import unpatch
-
-    unpatch(model)
+def _on_cuda(monkeypatch):
     monkeypatch.setattr(core, "gpu_backend", lambda: "cuda")
-    result = patch(model, verbose=False)
-    assert result.counts == {} and "moe_mlp" in result.not_applied
-    assert "capsules/" in result.not_applied["moe_mlp"]
+
+
+def test_gpt_oss_moe_mlp_needs_fused_projections_on_cuda(monkeypatch):
+    model = tiny.build("gpt_oss", quantized=True)
+    result = patch(model, verbose=False)  # this machine: CPU, nothing per-backend applies
+    assert result.counts == {"moe_mlp": 2} and result.fuse_projections is False
     unpatch(model)
-    assert patch(model, patterns=["moe_mlp"], verbose=False).counts == {"moe_mlp": 2}
+    _on_cuda(monkeypatch)
+    result = patch(model, verbose=False)
+    assert result.counts == {"moe_mlp": 2} and result.fuse_projections is True
+    unpatch(model)
+    result = patch(model, verbose=False, fuse_projections=False)
+    assert result.counts == {} and "capsules/" in result.not_applied["moe_mlp"]
+    unpatch(model)
+    assert patch(model, patterns=["moe_mlp"], fuse_projections=False, verbose=False).counts == {"moe_mlp": 2}
 
 
-def test_every_cuda_exclusion_names_a_committed_capsule():
-    for fam in FAMILIES.values():
-        for pattern, reason in fam.slow_on_cuda.items():
-            name = next(w for w in reason.replace(";", " ").split() if w.startswith("capsules/"))
-            assert (ROOT / name).is_file(), f"{fam.model_type}/{pattern}: {name} is not committed"
+@pytest.mark.parametrize("family,fused", [("qwen3_moe", True), ("lfm2_moe", True), ("mixtral", False),
+                                          ("llama", False)])
+def test_fuse_projections_default_per_family_on_cuda(family, fused, monkeypatch, capsys):
+    model = tiny.build(family, quantized=True)
+    assert patch(model, verbose=False).fuse_projections is False  # CPU: off for every family
+    unpatch(model)
+    _on_cuda(monkeypatch)
+    assert patch(model).fuse_projections is fused
+    assert ("quantized projections fused" in capsys.readouterr().out) is fused
+    unpatch(model)
+    assert patch(model, verbose=False, fuse_projections=not fused).fuse_projections is (not fused)
+    unpatch(model)
+
+
+def _capsules(reason: str) -> list[str]:
+    return [w.rstrip(",:") for w in reason.replace(";", " ").split() if w.startswith("capsules/")]
+
+
+def test_every_cuda_default_names_a_committed_capsule():
+    reasons = [(f"{fam.model_type}/{p}", r) for fam in FAMILIES.values() for p, r in fam.slow_on_cuda.items()]
+    reasons += [(f"{m}/fuse_projections", r) for m, r in FUSE_ON_CUDA.items()]
+    assert reasons
+    for what, reason in reasons:
+        names = _capsules(reason)
+        assert names, f"{what}: names no capsule"
+        for name in names:
+            assert (ROOT / name).is_file(), f"{what}: {name} is not committed"

@@ -1,4 +1,4 @@
-"""patch(fuse_projections=True): quantized projections fused at one token; off by default; exact on the CPU."""
+"""patch(fuse_projections=True): quantized projections fused at one token; off by default off CUDA; exact on the CPU."""
 
 import mlx.core as mx
 import pytest
@@ -21,7 +21,7 @@ def test_fused_projections_exact_and_only_when_asked(family, monkeypatch):
 
     patch(model, verbose=False)
     assert mx.array_equal(model(one), want_one).item()
-    assert sum(calls.values()) == 0, "fused projections must be off by default"
+    assert sum(calls.values()) == 0, "fused projections must be off by default off CUDA"
     unpatch(model)
 
     patch(model, verbose=False, fuse_projections=True)

@@ -72,8 +72,11 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
 
 
-MODES = {"default": {}, "fuse_projections": {"fuse_projections": True}, "compile_blocks": {"compile_blocks": True},
-         "residual_norm": {}}  # residual_norm: the defaults plus the opt-in residual_norm, where a family has it
+# default: patch()'s defaults, so on CUDA the per-family fuse_projections (registry.FUSE_ON_CUDA); unfused and
+# fuse_projections force it either way; eager: no mx.compile tracing; residual_norm: the defaults plus the opt-in
+# residual_norm, where a family has it
+MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
+         "eager": {"compile_blocks": False}, "residual_norm": {}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -82,8 +82,9 @@ class Methodology(Base, kw_only=True):
     max_fused_tokens: Annotated[int, _doc("the patch's sequence-length guard: fused path for M <= this")]
     fuse_projections: Annotated[
         bool | str,
-        _doc("patch(fuse_projections=...): quantized projections fused at decode; 'auto' only in capsules of "
-             "d999eb0, whose default fused the top-k >= 8 MoE experts on CUDA (since reverted to off)"),
+        _doc("patch(fuse_projections=...): quantized projections fused at decode; 'auto': patch()'s per-family "
+             "default (each result's fuse_projections says what it resolved to; d999eb0's 'auto' fused the "
+             "top-k >= 8 MoE experts on CUDA)"),
     ] = False
     compile_blocks: Annotated[
         bool | None, _doc("patch(compile_blocks=...): patched MoE blocks traced by mx.compile (None: older capsule)")
@@ -125,6 +126,9 @@ class ModelResult(Base, kw_only=True):
     patched: SideResult
     summary: Summary
     load_s: float | None = None
+    fuse_projections: Annotated[
+        bool | None, _doc("projections fused for this model, the per-family default resolved (None: older capsule)")
+    ] = None
 
 
 class KernelTiming(Base, kw_only=True):

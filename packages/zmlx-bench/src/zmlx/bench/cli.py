@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused path only for M <= this many tokens (default 32)")
     # spelled out, not zmlx.patch.switches.add_arguments: importing zmlx.patch (~1.7 s) is for `run` only
     r.add_argument("--fuse-projections", action=argparse.BooleanOptionalAction, default=None,
-                   help="fuse the quantized projections at decode (default: patch()'s, off)")
+                   help="fuse the quantized projections at decode (default: patch()'s, per model family)")
     r.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
                    help="trace patched MoE blocks with mx.compile at decode (default: patch()'s, on)")
     r.add_argument("--out", "-o", metavar="PATH",

@@ -53,6 +53,8 @@ def result_rows(c: Capsule) -> list[list[str]]:
     for r in c.results:
         s = r.summary
         counts = ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items()) if v) or "none"
+        if r.fuse_projections:
+            counts += " (projections fused)"
         rows.append([
             r.model,
             tables.fidelity_cell(r.fidelity),

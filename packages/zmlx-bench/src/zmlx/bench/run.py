@@ -174,6 +174,7 @@ def run_models(
             patched=res.patched,
             summary=summary,
             load_s=round(load_s, 3),
+            fuse_projections=res.patch.fuse_projections,
         ))
         lo, hi = summary.decode_speedup_ci95
         progress.say(

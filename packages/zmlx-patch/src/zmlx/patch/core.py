@@ -31,6 +31,8 @@ class PatchResult:
     not_applied: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     message: str = ""
+    # whether the quantized projections were fused (patch()'s fuse_projections, the family default resolved)
+    fuse_projections: bool = False
 
     @property
     def total(self) -> int:
@@ -67,7 +69,7 @@ def _select(family: FamilySpec, patterns: list[str] | None, exclude: list[str], 
         chosen = [p for p in DEFAULT_PATTERNS if p not in family.excluded]
         result.not_applied.update(family.excluded)
         result.not_applied.update(family.opt_in)
-        if family.slow_on_cuda and gpu_backend() == "cuda":
+        if family.slow_on_cuda and not result.fuse_projections and gpu_backend() == "cuda":
             chosen = [p for p in chosen if p not in family.slow_on_cuda]
             result.not_applied.update({p: f"slower on CUDA: {r}" for p, r in family.slow_on_cuda.items()})
     else:
@@ -87,7 +89,7 @@ def patch(
     exclude: str | Iterable[str] = (),
     max_fused_tokens: int = 32,
     verbose: bool = True,
-    fuse_projections: bool = False,
+    fuse_projections: bool | None = None,
     compile_blocks: bool = True,
 ) -> PatchResult:
     """Swap the model's matching blocks for fused versions; no weights change.
@@ -96,9 +98,9 @@ def patch(
     patterns; the fused path runs only when a block sees at most ``max_fused_tokens`` tokens.
     ``fuse_projections`` also fuses the quantized projections at one token (decode): the experts of an MoE block
     become two launches (gate+up+activation, down+combine) and a dense MLP's gate+up one launch, each with the
-    numerics MLX itself uses for that call. Opt-in: on the H100 the top-k >= 8 expert kernels take 45 us per
-    qwen3-30b-a3b layer against MLX's 71 us (ncu), but no capsule has shown the decode gain above host noise yet,
-    and the top-k < 8 / dense kernels are slower than MLX's (docs/perf-notes.md).
+    numerics MLX itself uses for that call. ``None`` (default) takes the family's measured choice: on for the MoE
+    families whose capsules decode faster on CUDA (registry.FUSE_ON_CUDA: qwen3_moe, lfm2_moe, gpt_oss), off
+    elsewhere, and off on Metal, where nothing has been measured (docs/perf-notes.md).
     ``compile_blocks`` (default on) runs each patched MoE block's decode path through ``mx.compile`` (one trace
     per input shape; later steps replay it without rebuilding the graph in Python); sharded blocks stay eager.
     """
@@ -121,6 +123,9 @@ def patch(
             print(result.message)
         return result
 
+    if fuse_projections is None:
+        fuse_projections = bool(family.fuse_on_cuda) and gpu_backend() == "cuda"
+    result.fuse_projections = bool(fuse_projections)
     result.patterns = _select(family, wanted, excluded, result)
     by_class: dict[type, tuple[str, Site]] = {}
     for name in result.patterns:
@@ -168,6 +173,8 @@ def _print(result: PatchResult) -> None:
             print(f"  {name}: {n}")
     else:
         print("Patched 0 modules.")
+    if result.fuse_projections and result.total:
+        print(f"{PREFIX} fuse_projections: quantized projections fused at decode")
     if result.message:
         print(result.message)
 

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.no_patch:
         patch(model, patterns=args.patterns, exclude=args.exclude, max_fused_tokens=args.max_fused_tokens,
-              **switches.effective(switches.given(args)))
+              **switches.given(args))
     if args.seed is not None:
         mx.random.seed(args.seed)
     if not args.ignore_chat_template and getattr(tokenizer, "chat_template", None):

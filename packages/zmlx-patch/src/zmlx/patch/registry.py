@@ -31,17 +31,32 @@ class FamilySpec:
     # pattern -> why it is available but not applied unless asked for
     opt_in: dict[str, str] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
-    # pattern -> why it is off by default on MLX's CUDA backend (a capsule shows it slower there)
+    # pattern -> why it is off by default on MLX's CUDA backend with projections unfused (a capsule shows it slower)
     slow_on_cuda: dict[str, str] = field(default_factory=dict)
+    # why patch(fuse_projections=None) fuses the projections on CUDA for this family ("": it does not)
+    fuse_on_cuda: str = ""
 
     def default_patterns(self) -> list[str]:
         return [p for p in DEFAULT_PATTERNS if p in self.sites and p not in self.excluded and p not in self.opt_in]
 
 
-# Measured perf exclusions on CUDA (H100, MLX 0.32.4); each names the capsule that shows it.
+# Measured perf exclusions on CUDA (H100, MLX 0.32.4) with the projections unfused; each names its capsule.
 SLOW_ON_CUDA: dict[str, dict[str, str]] = {
-    "gpt_oss": {"moe_mlp": "decode x0.71 (median of 5 runs) on an H100: capsules/20261126_h100_gpt-oss-20b_llama-3-8b.json; "
-                           "a custom-kernel launch costs MLX CUDA more host time than the few ops it replaces"},
+    "gpt_oss": {"moe_mlp": "unfused: decode x0.71 (median of 5 runs) on an H100: "
+                           "capsules/20261126_h100_gpt-oss-20b_llama-3-8b.json; a custom-kernel launch costs MLX CUDA "
+                           "more host time than the few ops it replaces (fused projections: x1.23, on by default)"},
+}
+
+# Families whose MoE blocks decode faster on CUDA with fused projections (H100, 500 tokens x 5 runs, token-identical).
+# Small experts at decode are launch-bound, so two launches instead of MLX's ~8 win; mixtral's large experts are
+# bandwidth-bound and lose (x0.68, capsules/20261126_h100_mixtral-8x7b_fuse_56a7570.json): not listed, nor are
+# families without a capsule.
+FUSE_ON_CUDA: dict[str, str] = {
+    "qwen3_moe": "decode x1.10 and x1.18 (each within noise; in-process A/B x1.44, docs/perf-notes.md): "
+                 "capsules/20261126_h100_qwen3-30b-a3b_lfm2-8b-a1b_fuse_56a7570.json, "
+                 "capsules/20261126_h100_qwen3-30b-a3b_fuse-2_56a7570.json",
+    "lfm2_moe": "decode x1.46 [1.19, 1.85]: capsules/20261126_h100_qwen3-30b-a3b_lfm2-8b-a1b_fuse_56a7570.json",
+    "gpt_oss": "decode x1.23 [1.09, 1.48] with moe_mlp: capsules/20261126_h100_gpt-oss-20b_moe-fuse_56a7570.json",
 }
 
 
@@ -64,7 +79,7 @@ def _family(model_type: str, sites_from: str | None = None, aliases: tuple[str, 
         sites["residual_norm"] = RESIDUAL[key]
         opt_in["residual_norm"] = RESIDUAL_NORM_OPT_IN
     return FamilySpec(model_type, sites, opt_in=opt_in, aliases=aliases,
-                      slow_on_cuda=SLOW_ON_CUDA.get(model_type, {}))
+                      slow_on_cuda=SLOW_ON_CUDA.get(model_type, {}), fuse_on_cuda=FUSE_ON_CUDA.get(model_type, ""))
 
 
 FAMILIES: dict[str, FamilySpec] = {

@@ -15,8 +15,8 @@ SWITCHES: dict[str, str] = {
 }
 
 
-def defaults() -> dict[str, bool]:
-    """patch()'s default for each switch, read from its signature."""
+def defaults() -> dict[str, bool | None]:
+    """patch()'s default for each switch, read from its signature (None: each family's own choice)."""
     from .core import patch
 
     params = inspect.signature(patch).parameters
@@ -28,7 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
     for name, default in defaults().items():
         what = SWITCHES[name]
         parser.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,
-                            help=f"{what} (patch({name}=...); default {'on' if default else 'off'})")
+                            help=f"{what} (patch({name}=...); default {_word(default)})")
+
+
+def _word(default: bool | None) -> str:
+    return "per model family" if default is None else "on" if default else "off"
 
 
 def given(args: argparse.Namespace) -> dict[str, bool]:
@@ -36,6 +40,11 @@ def given(args: argparse.Namespace) -> dict[str, bool]:
     return {name: getattr(args, name) for name in SWITCHES if getattr(args, name) is not None}
 
 
-def effective(kwargs: Mapping[str, Any]) -> dict[str, bool]:
-    """Every switch's value for a patch() call with ``kwargs``, defaults included."""
-    return {name: bool(kwargs.get(name, default)) for name, default in defaults().items()}
+def effective(kwargs: Mapping[str, Any]) -> dict[str, bool | str]:
+    """Every switch's value for a patch() call with ``kwargs``, defaults included; "auto" where the family decides
+    (PatchResult.fuse_projections then says what it resolved to for one model)."""
+    out: dict[str, bool | str] = {}
+    for name, default in defaults().items():
+        value = kwargs.get(name, default)
+        out[name] = "auto" if value is None else bool(value)
+    return out

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the switch flags are spelled out here (not zmlx.patch.switches.add_arguments): importing zmlx.patch costs
     # ~1.7 s (mlx-lm), which --help and usage errors should not pay
     p.add_argument("--fuse-projections", action=argparse.BooleanOptionalAction, default=None,
-                   help="fuse the quantized projections at decode (default: patch()'s, off)")
+                   help="fuse the quantized projections at decode (default: patch()'s, per model family)")
     p.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
                    help="trace patched MoE blocks with mx.compile at decode (default: patch()'s, on)")
     p.add_argument("--prefill-step-size", type=int, default=2048, help="prompt chunk size, both sides (2048)")
@@ -192,13 +192,16 @@ def validate(args: argparse.Namespace, out: Any) -> int:
                  runs=args.runs, prompt_tokens=len(prompt_ids), bisection=bisection, backend=env["backend"],
                  mlx_env=mlx_env)
     if args.json:
+        options = switches.effective(patch_kwargs)
+        if result.patch.fuse_projections is not None:
+            options["fuse_projections"] = result.patch.fuse_projections
         record = ValidationRecord(
             model=name, model_type=result.patch.model_type, patterns=result.patch.patterns,
             counts=result.patch.counts, max_tokens=args.max_tokens, runs=args.runs, warmup_runs=args.warmup,
             seed=args.seed, max_fused_tokens=args.max_fused_tokens, prompt=args.prompt,
             fidelity=result.fidelity, baseline=result.baseline, patched=result.patched,
             decode_speedup=result.decode_speedup, prefill_speedup=result.prefill_speedup,
-            bisect=bisection, mlx_env=mlx_env, patch_options=switches.effective(patch_kwargs), **env,
+            bisect=bisection, mlx_env=mlx_env, patch_options=options, **env,
         )
         write_json_atomic(args.json, record)
     verdict = result.fidelity.verdict

@@ -31,6 +31,8 @@ class PatchInfo:
     model_type: str
     counts: dict[str, int]
     patterns: list[str]
+    # PatchResult.fuse_projections: the switch as resolved for this model (None: the patch did not say)
+    fuse_projections: bool | None = None
 
     @classmethod
     def from_result(cls, result: Any, model: Any) -> PatchInfo:
@@ -44,7 +46,9 @@ class PatchInfo:
         if patterns is None:
             patterns = [k for k, v in counts.items() if v > 0]
         model_type = getattr(result, "model_type", None) or getattr(model, "model_type", "unknown")
-        return cls(model_type=str(model_type), counts=counts, patterns=patterns)
+        fused = getattr(result, "fuse_projections", None)
+        return cls(model_type=str(model_type), counts=counts, patterns=patterns,
+                   fuse_projections=fused if isinstance(fused, bool) else None)
 
 
 @dataclass(frozen=True)

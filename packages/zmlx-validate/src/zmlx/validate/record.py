@@ -149,8 +149,9 @@ class ValidationRecord(Base, kw_only=True, tag_field="schema", tag="zmlx.validat
     bisect: Bisection | None = None
     # every MLX_* environment variable set for the run: they select MLX's kernels (e.g. cuDNN attention on CUDA)
     mlx_env: dict[str, str] = msgspec.field(default_factory=dict)
-    # patch()'s switches in effect for the patched side (fuse_projections, compile_blocks), defaults included
-    patch_options: dict[str, bool] = msgspec.field(default_factory=dict)
+    # patch()'s switches in effect for the patched side (fuse_projections, compile_blocks), defaults included and
+    # resolved for this model (fuse_projections' per-family default)
+    patch_options: dict[str, bool | str] = msgspec.field(default_factory=dict)
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: msgspec.Struct) -> None:
