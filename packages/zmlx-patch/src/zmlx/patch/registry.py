@@ -56,8 +56,12 @@ FUSE_ON_CUDA: dict[str, str] = {
     "qwen3_moe": "decode x1.10 and x1.18 (each within noise; in-process A/B x1.44, docs/perf-notes.md): "
                  "capsules/20261126_h100_qwen3-30b-a3b_lfm2-8b-a1b_fuse_56a7570.json, "
                  "capsules/20261126_h100_qwen3-30b-a3b_fuse-2_56a7570.json",
-    "lfm2_moe": "decode x1.46 [1.19, 1.85]: capsules/20261126_h100_qwen3-30b-a3b_lfm2-8b-a1b_fuse_56a7570.json",
-    "gpt_oss": "decode x1.23 [1.09, 1.48] with moe_mlp: capsules/20261126_h100_gpt-oss-20b_moe-fuse_56a7570.json",
+    "lfm2_moe": "decode x1.46 [1.19, 1.85] and x1.21 [1.07, 2.15]: "
+                "capsules/20261126_h100_qwen3-30b-a3b_lfm2-8b-a1b_fuse_56a7570.json, "
+                "capsules/20261127_h100_lfm2-8b-a1b_gpt-oss-20b_defaults_7dd59bb.json",
+    "gpt_oss": "decode with moe_mlp x1.23 [1.09, 1.48] on a slower host, x0.99 [0.82, 1.24] (within noise) on a faster "
+               "one: capsules/20261126_h100_gpt-oss-20b_moe-fuse_56a7570.json, "
+               "capsules/20261127_h100_lfm2-8b-a1b_gpt-oss-20b_defaults_7dd59bb.json",
 }
 
 
