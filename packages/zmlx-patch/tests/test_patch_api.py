@@ -189,6 +189,10 @@ def test_list_patterns_and_support_matrix(capsys):
     assert "residual_norm (opt-in)" in out and "excluded for fidelity" in out
     traced_off = {line.split()[0] for line in out.splitlines() if line.rstrip().endswith("moe_mlp not traced")}
     assert traced_off == {"qwen2_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe"}, "sigmoid-gated shared experts only"
+    fused = {line.split()[0] for line in out.splitlines() if "projections fused on CUDA" in line
+             and not line.startswith("why")}
+    assert fused == {"qwen3_moe", "lfm2_moe", "gpt_oss"}  # registry.FUSE_ON_CUDA, each with its capsules
+    assert "gpt_oss moe_mlp off on CUDA: unfused" in out
     assert list_main(["bogus"]) == 2
 
 

@@ -12,22 +12,26 @@ USAGE = "usage: python -m zmlx.patch list"
 
 
 def support_matrix() -> list[str]:
-    lines = [f"{'model_type':<14} {'default patterns':<24} {'opt-in / excluded':<28} notes"]
+    lines = [f"{'model_type':<14} {'default patterns':<34} {'opt-in / excluded':<32} notes"]
     for name, fam in FAMILIES.items():
         on = [p for p in DEFAULT_PATTERNS if p in fam.sites and p not in fam.excluded]
         off = ([f"{p} (opt-in)" for p in fam.opt_in] + [f"{p} (excluded)" for p in fam.excluded]
-               + [f"{p} (off on CUDA)" for p in fam.slow_on_cuda])
+               + [f"{p} (unfused: off on CUDA)" for p in fam.slow_on_cuda])
         notes = []
         moe = next((s for s in fam.sites.get("moe_mlp", ()) if isinstance(s, MoeSite)), None)
         if moe is not None:
             notes.append(f"gating={moe.gating.op}" + (f", shared={moe.shared}" if moe.shared != "none" else ""))
             if not PATTERNS["moe_mlp"].compilable(moe):
                 notes.append("moe_mlp not traced")
+        if fam.fuse_on_cuda:
+            notes.append("projections fused on CUDA")
         if fam.aliases:
             notes.append(f"also: {', '.join(fam.aliases)}")
-        lines.append(f"{name:<14} {', '.join(on) or '-':<24} {', '.join(off) or '-':<28} {'; '.join(notes)}")
+        lines.append(f"{name:<14} {', '.join(on) or '-':<34} {', '.join(off) or '-':<32} {'; '.join(notes)}")
     reasons = {r for fam in FAMILIES.values() for r in (*fam.opt_in.values(), *fam.excluded.values())}
     reasons |= {f"{name} {p} off on CUDA: {r}" for name, fam in FAMILIES.items() for p, r in fam.slow_on_cuda.items()}
+    reasons |= {f"{name} projections fused on CUDA (fuse_projections=None): {fam.fuse_on_cuda}"
+                for name, fam in FAMILIES.items() if fam.fuse_on_cuda}
     if not any(fam.excluded for fam in FAMILIES.values()):
         lines.append("")
         lines.append("excluded for fidelity: none (no measured break yet; exclusions need a failing GPU run)")

@@ -12,7 +12,7 @@ from ._structure import missing_modules
 
 SUMMARY = (
     "gated GELU MLP: gelu(gate) * up fused (zk.geglu, exact or tanh as the family uses); with "
-    "fuse_projections=True, gate+up projections + GELU in one launch at one token"
+    "fused projections (fuse_projections), gate+up projections + GELU in one launch at one token"
 )
 
 
