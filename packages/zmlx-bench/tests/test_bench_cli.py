@@ -203,3 +203,23 @@ def test_run_writes_the_capsule_and_exits_by_verdict(tmp_path, monkeypatch, caps
     cap = load_capsule(written)
     assert written.name.endswith(("_a.json", "_a_b.json")) and cap.methodology.patterns == ["moe_mlp"]
     assert [r.fidelity.verdict for r in cap.results] == [k.upper() for k in kinds]
+
+
+def test_pairs_cell_counts_interleaved_pairs_where_patched_was_faster():
+    from zmlx.bench.tables import pairs_cell
+
+    assert pairs_cell([100.0, 110.0, 90.0], [105.0, 100.0, 95.0]) == "2/3"
+    assert pairs_cell([100.0, 100.0], [100.0, 99.0]) == "0/2"  # a tie is not faster
+    assert pairs_cell([100.0, 100.0, 100.0], [101.0, 102.0]) == "2/2"  # only complete pairs count
+
+
+def test_report_has_the_pairs_column(tmp_path, capsule_factory, capsys):
+    cap = capsule_factory(speedup=1.10, models=("synthetic:a",))
+    r = cap.results[0]
+    want = sum(p > b for b, p in zip(r.baseline.decode_tps, r.patched.decode_tps))
+    path = _save(tmp_path, "p.json", cap)
+    assert main(["report", "--markdown", path]) == 0
+    out = capsys.readouterr().out
+    assert "| pairs faster |" in out
+    (row,) = [ln for ln in out.splitlines() if ln.startswith("| synthetic:a |")]
+    assert row.split(" | ")[6] == f"{want}/{len(r.baseline.decode_tps)}"

@@ -24,6 +24,7 @@ __all__ = ["add_arguments", "format_capsule", "format_markdown", "main", "run"]
 
 RESULT_HEADERS = (
     "model", "fidelity", "decode tok/s baseline", "decode tok/s patched", "decode speedup [95% CI]", "vs noise",
+    "pairs faster",
     "prefill tok/s baseline", "prefill tok/s patched", "prefill speedup",
     "peak GB base / patched", "patched modules",
 )
@@ -62,6 +63,7 @@ def result_rows(c: Capsule) -> list[list[str]]:
             tables.side_cell(r.patched.decode_tps),
             tables.ratio_cell(s.decode_speedup, s.decode_speedup_ci95),
             tables.verdict_cell(s.decode_speedup_ci95, min(len(r.baseline.decode_tps), len(r.patched.decode_tps))),
+            tables.pairs_cell(r.baseline.decode_tps, r.patched.decode_tps),
             tables.side_cell(r.baseline.prefill_tps),
             tables.side_cell(r.patched.prefill_tps),
             tables.ratio_cell(s.prefill_speedup),
@@ -153,8 +155,9 @@ def format_markdown(capsules: Sequence[tuple[str, Capsule]], *, argv: Sequence[s
            "Each table is one repro capsule: baseline (unpatched mlx-lm) and patched runs interleaved on "
            "the same machine, greedy decoding, tokens compared on every run. Cells give the median of the "
            "measured runs with their min-max range; the decode speedup carries a 95% bootstrap interval, and "
-           "\"vs noise\" says whether that interval excludes 1.0. The raw per-run numbers are in each capsule "
-           "(`zmlx-bench report CAPSULE` prints them)."]
+           "\"vs noise\" says whether that interval excludes 1.0; \"pairs faster\" counts the interleaved "
+           "pairs (baseline run i, then patched run i) in which the patched run decoded faster. The raw per-run "
+           "numbers are in each capsule (`zmlx-bench report CAPSULE` prints them)."]
     for path, c in capsules:
         e = c.environment
         out += ["", f"## {e.device} ({e.backend}), {c.created_utc[:10]}", "",

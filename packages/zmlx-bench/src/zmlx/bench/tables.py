@@ -8,7 +8,7 @@ from zmlx.validate.record import UNSTABLE, Fidelity, SideResult, unstable_baseli
 
 from . import stats
 
-__all__ = ["fidelity_cell", "ratio_cell", "render", "side_cell", "verdict_cell"]
+__all__ = ["fidelity_cell", "pairs_cell", "ratio_cell", "render", "side_cell", "verdict_cell"]
 
 
 def render(headers: Sequence[str], rows: Sequence[Sequence[str]], *, markdown: bool = False) -> str:
@@ -55,6 +55,13 @@ def verdict_cell(ci: tuple[float, float], runs: int) -> str:
     if ci[1] < 1.0:
         return "slower"
     return "within noise"
+
+
+def pairs_cell(baseline: Sequence[float], patched: Sequence[float]) -> str:
+    """``4/5``: in how many interleaved pairs (baseline run i, then patched run i) the patched run was faster.
+    A paired reading beside the two-sample interval: slow host drift hits both runs of a pair alike."""
+    n = min(len(baseline), len(patched))
+    return f"{sum(p > b for b, p in zip(baseline[:n], patched[:n]))}/{n}"
 
 
 def fidelity_cell(f: Fidelity) -> str:
