@@ -69,6 +69,8 @@ def test_run_writes_a_capsule_that_report_compare_and_schema_accept(tiny_capsule
     lo, hi = r.summary.decode_speedup_ci95
     assert lo <= hi
     assert r.summary.excludes_one is False  # 2 runs per side are too few to call any change real
+    # no flag given: the methodology says the family decides, the result what it resolved to (CPU: never fused)
+    assert m.fuse_projections == "auto" and r.fuse_projections is False
 
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
