@@ -32,6 +32,18 @@ def test_gpt_oss_moe_mlp_needs_fused_projections_on_cuda(monkeypatch):
     assert patch(model, patterns=["moe_mlp"], fuse_projections=False, verbose=False).counts == {"moe_mlp": 2}
 
 
+def test_gpt_oss_blocks_whose_experts_cannot_be_fused_keep_their_own_code_on_cuda(monkeypatch):
+    """MXFP4 experts (what real gpt-oss checkpoints ship) cannot take the fused kernels, and unfused moe_mlp is the
+    slower path on CUDA: those blocks are skipped with the reason, unless patterns= asks for moe_mlp."""
+    model = tiny.build("gpt_oss", quantized=True, mode="mxfp4")
+    _on_cuda(monkeypatch)
+    result = patch(model, verbose=False)
+    assert result.fuse_projections is True and result.counts == {}
+    assert len(result.skipped) == 2 and all("not fusable" in why and "capsules/" in why for _, why in result.skipped)
+    unpatch(model)
+    assert patch(model, patterns=["moe_mlp"], verbose=False).counts == {"moe_mlp": 2}
+
+
 @pytest.mark.parametrize("family,fused", [("qwen3_moe", True), ("lfm2_moe", True), ("mixtral", False),
                                           ("llama", False)])
 def test_fuse_projections_default_per_family_on_cuda(family, fused, monkeypatch, capsys):

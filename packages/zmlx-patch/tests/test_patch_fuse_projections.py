@@ -31,3 +31,17 @@ def test_fused_projections_exact_and_only_when_asked(family, monkeypatch):
     assert mx.array_equal(model(many), want_many).item()
     assert sum(calls.values()) == n_one, "more than one token must keep the block's own projections"
     unpatch(model)
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "qwen3_moe", "llama"])
+def test_non_affine_quantization_keeps_the_blocks_own_projections(family, monkeypatch):
+    """Real gpt-oss checkpoints ship MXFP4 experts: the fused kernels dequantize affine weights only, so such
+    projections must take MLX's own path even where fuse_projections is on (the CUDA default for gpt_oss)."""
+    model = tiny.build(family, quantized=True, mode="mxfp4")
+    one = tiny.tokens(1)
+    want = model(one)
+    calls = _spy(monkeypatch)
+    patch(model, verbose=False, fuse_projections=True)
+    assert mx.array_equal(model(one), want).item()
+    assert sum(calls.values()) == 0
+    unpatch(model)

@@ -101,8 +101,9 @@ def _randomize(model: nn.Module, seed: int) -> None:
     mx.eval(model.parameters())
 
 
-def build(family: str, *, quantized: bool = False, seed: int = 0, **overrides) -> nn.Module:
-    """float32 with random weights, or (quantized=True) bf16 activations with 4-bit (group 64) weights."""
+def build(family: str, *, quantized: bool = False, seed: int = 0, mode: str = "affine", **overrides) -> nn.Module:
+    """float32 with random weights, or (quantized=True) bf16 activations with 4-bit weights: affine group 64, or
+    another MLX quantization ``mode`` (mxfp4: group 32, no biases)."""
     cfg = dict(config(family), **overrides)
     mx.random.seed(seed)
     model_cls, args_cls = _get_classes(cfg)
@@ -113,7 +114,7 @@ def build(family: str, *, quantized: bool = False, seed: int = 0, **overrides) -
         flat = [(k, v.astype(mx.bfloat16) if keep(k) and mx.issubdtype(v.dtype, mx.floating) else v)
                 for k, v in tree_flatten(model.parameters())]
         model.update(tree_unflatten(flat))
-        model, _ = quantize_model(model, cfg, group_size=64, bits=4)
+        model, _ = quantize_model(model, cfg, group_size=64 if mode == "affine" else 32, bits=4, mode=mode)
     mx.eval(model.parameters())
     return model
 

@@ -127,6 +127,10 @@ def patch(
         fuse_projections = bool(family.fuse_on_cuda) and gpu_backend() == "cuda"
     result.fuse_projections = bool(fuse_projections)
     result.patterns = _select(family, wanted, excluded, result)
+    # patterns kept on CUDA only because the projections are fused: a block whose projections cannot be fused
+    # (e.g. MXFP4 experts) would run the slower unfused path, so it keeps its own code
+    needs_fusing = (set(family.slow_on_cuda) if wanted is None and result.fuse_projections
+                    and gpu_backend() == "cuda" else set())
     by_class: dict[type, tuple[str, Site]] = {}
     for name in result.patterns:
         for site in family.sites.get(name, ()):
@@ -148,6 +152,10 @@ def patch(
         reason = pattern.check(module, site)
         if reason:
             result.skipped.append((path, f"{name}: {reason}"))
+            continue
+        if name in needs_fusing and not pattern.fusable(module, site):
+            result.skipped.append((path, f"{name}: projections not fusable here, and unfused it is slower on CUDA "
+                                         f"({family.slow_on_cuda[name]})"))
             continue
         if fuse_projections and hasattr(site, "fuse_projections"):
             site = dataclasses.replace(site, fuse_projections=True)

@@ -21,6 +21,8 @@ class Pattern:
     summary: str
     # site -> whether patch(compile_blocks=True) may trace the fused path (it must take only x)
     compilable: Callable[[Any], bool] = lambda site: True
+    # (module, site) -> whether fuse_projections can fuse this module's quantized projections
+    fusable: Callable[[nn.Module, Any], bool] = lambda module, site: False
 
 
 PATTERNS: dict[str, Pattern] = {
@@ -29,7 +31,8 @@ PATTERNS: dict[str, Pattern] = {
         # dense MLPs are ~4 primitives: a traced call costs about what it saves (llama capsule, perf-notes)
         Pattern("swiglu_mlp", swiglu_mlp.check, swiglu_mlp.fused, swiglu_mlp.SUMMARY, compilable=lambda site: False),
         Pattern("geglu_mlp", geglu_mlp.check, geglu_mlp.fused, geglu_mlp.SUMMARY, compilable=lambda site: False),
-        Pattern("moe_mlp", moe_mlp.check, moe_mlp.fused, moe_mlp.SUMMARY, compilable=moe_mlp.compilable),
+        Pattern("moe_mlp", moe_mlp.check, moe_mlp.fused, moe_mlp.SUMMARY, compilable=moe_mlp.compilable,
+                fusable=moe_mlp.fusable),
         # the KV cache update inside the block changes shape every step: never traced
         Pattern("qk_norm_rope", qk_norm_rope.check, qk_norm_rope.fused, qk_norm_rope.SUMMARY,
                 compilable=lambda site: False),

@@ -92,6 +92,11 @@ def _route(self: nn.Module, site: MoeSite, x: mx.array) -> tuple[mx.array, mx.ar
     return getattr(zk, site.gating.op)(_logits(self, site, x), **kwargs)
 
 
+def fusable(module: nn.Module, site: MoeSite) -> bool:
+    """Whether the experts are quantized in a form the fused expert kernels take (affine, one group size/bits)."""
+    return plan_for(getattr(module, site.experts)) is not None
+
+
 def fused(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
     group = getattr(self, "sharding_group", None)
     if group is not None:
