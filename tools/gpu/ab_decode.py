@@ -7,6 +7,9 @@ against each other on the same loaded model (patch / unpatch between them), roun
 noise cancels. Each configuration's greedy tokens are checked against stock's. A tool for deciding defaults; the
 speed claims in docs still come from capsules.
 
+A synthetic:NAME checkpoint is built on first use under --cache-dir (on the lent H100 qwen3-30b-a3b took over 3
+minutes, gpt-oss-20b about 2): give the first call on a fresh host that time, or build with a short run first.
+
 Config names join parts with '+': moe (moe_mlp), qk (qk_norm_rope), res (residual_norm), mlp (swiglu_mlp,
 geglu_mlp), fuse (fuse_projections=True), eager (compile_blocks=False); 'stock' is the unpatched model.
 """
