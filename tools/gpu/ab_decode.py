@@ -99,13 +99,12 @@ def main(argv: list[str] | None = None) -> int:
                 paired[name].append(ms["stock"][-1] / ms[name][-1])
         if rnd:  # progress, in case the host's time limit cuts the run short
             print(f"round {rnd}: " + " ".join(f"{n}={ms[n][-1]:.2f}" for n in names), flush=True)
-    base = statistics.median(ms["stock"]) if "stock" in ms else None
     print(f"{args.model}: {args.max_tokens} tokens x {args.rounds} rounds, interleaved; ms/token median [min, max];"
           " speedup = median over rounds of stock/config within the round [min, max]")
     for name, xs in ms.items():
         med = statistics.median(xs)
         pr = paired[name]
-        rel = f"  x{statistics.median(pr):.3f} [{min(pr):.3f}, {max(pr):.3f}]" if base and pr else ""
+        rel = f"  x{statistics.median(pr):.3f} [{min(pr):.3f}, {max(pr):.3f}]" if pr else ""
         tok = f"  DIVERGES at token {diverged[name]}" if name in diverged else ("  tokens = stock" if ref else "")
         print(f"  {name:<18} {med:7.2f} [{min(xs):.2f}, {max(xs):.2f}]{rel}{tok}")
     return 0

@@ -63,13 +63,14 @@ def _names(value: str | Iterable[str] | None, what: str) -> list[str] | None:
     return names
 
 
-def _select(family: FamilySpec, patterns: list[str] | None, exclude: list[str], result: PatchResult) -> list[str]:
+def _select(family: FamilySpec, patterns: list[str] | None, exclude: list[str], result: PatchResult,
+            on_cuda: bool) -> list[str]:
     if patterns is None:
         # the global defaults minus the family's exclusions, as the tour prints them
         chosen = [p for p in DEFAULT_PATTERNS if p not in family.excluded]
         result.not_applied.update(family.excluded)
         result.not_applied.update(family.opt_in)
-        if family.slow_on_cuda and not result.fuse_projections and gpu_backend() == "cuda":
+        if family.slow_on_cuda and not result.fuse_projections and on_cuda:
             chosen = [p for p in chosen if p not in family.slow_on_cuda]
             result.not_applied.update({p: f"slower on CUDA: {r}" for p, r in family.slow_on_cuda.items()})
     else:
@@ -123,14 +124,14 @@ def patch(
             print(result.message)
         return result
 
+    on_cuda = gpu_backend() == "cuda"
     if fuse_projections is None:
-        fuse_projections = bool(family.fuse_on_cuda) and gpu_backend() == "cuda"
+        fuse_projections = bool(family.fuse_on_cuda) and on_cuda
     result.fuse_projections = bool(fuse_projections)
-    result.patterns = _select(family, wanted, excluded, result)
+    result.patterns = _select(family, wanted, excluded, result, on_cuda)
     # patterns kept on CUDA only because the projections are fused: a block whose projections cannot be fused
     # (e.g. MXFP4 experts) would run the slower unfused path, so it keeps its own code
-    needs_fusing = (set(family.slow_on_cuda) if wanted is None and result.fuse_projections
-                    and gpu_backend() == "cuda" else set())
+    needs_fusing = set(family.slow_on_cuda) if wanted is None and fuse_projections and on_cuda else set()
     by_class: dict[type, tuple[str, Site]] = {}
     for name in result.patterns:
         for site in family.sites.get(name, ()):

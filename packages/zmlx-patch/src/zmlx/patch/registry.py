@@ -45,7 +45,8 @@ class FamilySpec:
 SLOW_ON_CUDA: dict[str, dict[str, str]] = {
     "gpt_oss": {"moe_mlp": "unfused: decode x0.71 (median of 5 runs) on an H100: "
                            "capsules/20261126_h100_gpt-oss-20b_llama-3-8b.json; a custom-kernel launch costs MLX CUDA "
-                           "more host time than the few ops it replaces (with fused projections, the default here: x1.23 and x0.99)"},
+                           "more host time than the few ops it replaces (with fused projections, the default "
+                           "here: x1.23 and x0.99)"},
 }
 
 # Families whose MoE blocks decode faster on CUDA with fused projections (H100, 500 tokens x 5 runs, token-identical).

@@ -22,8 +22,8 @@ from ._structure import lookup, missing_modules
 
 SUMMARY = (
     "sparse MoE block: gating (zk routing op per family) and expert combine (zk.moe_combine) fused, the decode "
-    "path traced by mx.compile (compile_blocks); with fused projections (fuse_projections), at one token the quantized experts "
-    "run as two launches (gate+up+act, down+combine)"
+    "path traced by mx.compile (compile_blocks); with fused projections (fuse_projections), at one token the "
+    "quantized experts run as two launches (gate+up+act, down+combine)"
 )
 
 

@@ -11,8 +11,8 @@ from . import _dense
 from ._structure import missing_modules
 
 SUMMARY = (
-    "gated SiLU MLP: silu(gate) * up fused (zk.swiglu); with fused projections (fuse_projections), at one token the quantized "
-    "gate+up projections and silu run as one launch (zk.dense_gate_up)"
+    "gated SiLU MLP: silu(gate) * up fused (zk.swiglu); with fused projections (fuse_projections), at one token "
+    "the quantized gate+up projections and silu run as one launch (zk.dense_gate_up)"
 )
 
 _NAMES = {
