@@ -11,7 +11,8 @@ A synthetic:NAME checkpoint is built on first use under --cache-dir (on the lent
 minutes, gpt-oss-20b about 2): give the first call on a fresh host that time, or build with a short run first.
 
 Config names join parts with '+': moe (moe_mlp), qk (qk_norm_rope), res (residual_norm), mlp (swiglu_mlp,
-geglu_mlp), fuse (fuse_projections=True), eager (compile_blocks=False); 'stock' is the unpatched model.
+geglu_mlp), conv (conv_layer), fuse (fuse_projections=True), eager (compile_blocks=False); 'stock' is the unpatched
+model, 'default' the model patched as users get it (patch() with no arguments).
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import statistics
 import sys
 import time
 
-PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "mlp": ["swiglu_mlp", "geglu_mlp"]}
+PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "mlp": ["swiglu_mlp", "geglu_mlp"],
+         "conv": ["conv_layer"]}
 
 
-def parse_config(name: str) -> tuple[list[str], dict[str, bool]] | None:
-    """'moe+qk+fuse' -> (patterns, patch kwargs); None for 'stock'."""
+def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
+    """'moe+qk+fuse' -> (patterns, patch kwargs); None for 'stock'; 'default' is patch() with no arguments."""
     if name == "stock":
         return None
+    if name == "default":
+        return None, {}
     patterns: list[str] = []
     kwargs = {"fuse_projections": False, "compile_blocks": True}
     for part in name.split("+"):

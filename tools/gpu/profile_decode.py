@@ -1,9 +1,10 @@
 """Where one decode step's time goes on a CUDA host: device time per kernel (under ncu) and host time per step.
 
-  python3 tools/gpu/profile_decode.py MODEL [--mode stock|patched|compiled|fused] [--steps N] --time
-      wall ms per decode step, eager (model + eval per token) and pipelined (mlx-lm's generate_step)
+  python3 tools/gpu/profile_decode.py MODEL [--config stock|default|moe+qk+fuse...] [--steps N] --time
+      wall ms per decode step, eager (model + eval per token) and pipelined (mlx-lm's generate_step), and the
+      eager step split into host graph building, host dispatch (async_eval) and the wait for the device
   ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --log-file K.csv \\
-      python3 tools/gpu/profile_decode.py MODEL --mode M --steps 1
+      python3 tools/gpu/profile_decode.py MODEL --config C --steps 1
       kernels of exactly --steps decode steps, bracketed by cuProfilerStart/Stop after a warm-up
   python3 tools/gpu/profile_decode.py --summarize K.csv [--steps N]
       device microseconds per step by kernel, largest first
@@ -23,15 +24,21 @@ from collections import defaultdict
 PROMPT_TOKENS = 128
 
 
-def _model(name: str, mode: str, cache_dir: str | None):
+def _model(name: str, config: str, cache_dir: str | None):
     import mlx.core as mx
+    from ab_decode import parse_config
     from zmlx.validate import load_model
 
     model, _, _ = load_model(name, cache_dir=cache_dir)
-    if mode != "stock":
+    if config == "default":
         from zmlx.patch import patch
 
-        patch(model, verbose=True, compile_blocks=mode == "compiled", fuse_projections=mode == "fused")
+        patch(model, verbose=True)
+    elif config != "stock":
+        from zmlx.patch import patch
+
+        patterns, kwargs = parse_config(config)
+        patch(model, patterns=patterns, verbose=True, **kwargs)
     mx.random.seed(0)
     prompt = mx.random.randint(0, model.args.vocab_size, (PROMPT_TOKENS,))
     return model, prompt
@@ -63,11 +70,21 @@ def time_steps(model, prompt, steps: int) -> None:
     cache, tok = _prefill(model, prompt)
     for _ in range(8):
         tok = _step(model, cache, tok)
-    eager = []
+    import mlx.core as mx
+
+    eager, build, dispatch, wait = [], [], [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        tok = _step(model, cache, tok)
-        eager.append((time.perf_counter() - t0) * 1e3)
+        tok = mx.argmax(model(tok, cache=cache)[:, -1:], axis=-1)
+        t1 = time.perf_counter()
+        mx.async_eval(tok)  # MLX encodes and launches every kernel of the step on this thread
+        t2 = time.perf_counter()
+        mx.eval(tok)
+        t3 = time.perf_counter()
+        eager.append((t3 - t0) * 1e3)
+        build.append((t1 - t0) * 1e3)
+        dispatch.append((t2 - t1) * 1e3)
+        wait.append((t3 - t2) * 1e3)
     stamps = []
     for _ in generate_step(prompt, model, max_tokens=steps + 8, sampler=make_sampler(temp=0.0)):
         stamps.append(time.perf_counter())
@@ -75,6 +92,8 @@ def time_steps(model, prompt, steps: int) -> None:
     print(f"eager ms/step median {statistics.median(eager):.3f} (min {min(eager):.3f}, max {max(eager):.3f}); "
           f"generate_step ms/token median {statistics.median(piped):.3f} "
           f"(min {min(piped):.3f}, max {max(piped):.3f}); {steps} steps")
+    print(f"eager step split, medians: host graph build {statistics.median(build):.3f} ms, host dispatch "
+          f"{statistics.median(dispatch):.3f} ms, device wait after dispatch {statistics.median(wait):.3f} ms")
 
 
 def profile_steps(model, prompt, steps: int) -> None:
@@ -118,7 +137,8 @@ def summarize(path: str, steps: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?")
-    p.add_argument("--mode", choices=("stock", "patched", "compiled", "fused"), default="stock")
+    p.add_argument("--config", default="stock",
+                   help="stock, default (patch() as users call it) or an ab_decode.py config such as moe+qk+fuse")
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--time", action="store_true", help="time steps instead of bracketing them for ncu")
     p.add_argument("--cache-dir", default="/tmp/zmlx-synth")
@@ -133,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.model:
         p.error("MODEL is required unless --summarize")
-    model, prompt = _model(args.model, args.mode, args.cache_dir)
+    model, prompt = _model(args.model, args.config, args.cache_dir)
     (time_steps if args.time else profile_steps)(model, prompt, args.steps)
     return 0
 

@@ -30,13 +30,14 @@ def test_verbose_output_has_the_tour_shape(capsys):
     result = patch(model)
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        "[zmlx.patch] Applying 4 patterns: ['swiglu_mlp', 'geglu_mlp', 'moe_mlp', 'qk_norm_rope']",
-        "Patched 4 modules:",
+        "[zmlx.patch] Applying 5 patterns: ['swiglu_mlp', 'geglu_mlp', 'moe_mlp', 'qk_norm_rope', 'conv_layer']",
+        "Patched 6 modules:",
+        "  conv_layer: 2",
         "  moe_mlp: 2",
         "  qk_norm_rope: 1",
         "  swiglu_mlp: 1",
     ]
-    assert isinstance(result, PatchResult) and result.total == 4
+    assert isinstance(result, PatchResult) and result.total == 6
     assert result.not_applied == {}
 
 
@@ -176,11 +177,12 @@ def test_sharding_group_keeps_all_sum(monkeypatch):
 
 
 def test_list_patterns_and_support_matrix(capsys):
-    assert list_patterns() == ["swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "residual_norm"]
+    assert list_patterns() == ["swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer", "residual_norm"]
     assert list_patterns("mistral") == ["swiglu_mlp"]
     assert list_patterns("gemma2") == ["geglu_mlp"]
     assert list_patterns("qwen3_moe") == ["swiglu_mlp", "moe_mlp", "qk_norm_rope"]
     assert list_patterns("llama") == ["swiglu_mlp"]  # no per-head q/k norm: nothing for qk_norm_rope
+    assert list_patterns("lfm2_moe") == ["swiglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer"]
     assert list_patterns("bert") == []
     assert list_main(["list"]) == 0
     out = capsys.readouterr().out

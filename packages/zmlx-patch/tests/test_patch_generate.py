@@ -44,7 +44,7 @@ def test_generate_patched_and_unpatched_agree(model_dir, capsys):
     common = ["--model", str(model_dir), "-p", "the quick brown", "-m", "12", "--ignore-chat-template"]
     code, patched, _ = _run(capsys, *common)
     assert code == 0
-    assert "[zmlx.patch] Applying 4 patterns: ['swiglu_mlp', 'geglu_mlp', 'moe_mlp', 'qk_norm_rope']" in patched
+    assert "[zmlx.patch] Applying 5 patterns: ['swiglu_mlp', 'geglu_mlp', 'moe_mlp', 'qk_norm_rope', 'conv_layer']" in patched
     assert "  moe_mlp: 2" in patched
     for line in ("Prompt: ", "tokens-per-sec", "Generation: ", "Peak memory: "):
         assert line in patched

@@ -31,13 +31,18 @@ def token_count(x: mx.array) -> int:
     return x.size // x.shape[-1] if x.ndim else 1
 
 
-def _compiled_fn(module: nn.Module, site: Any, fused: FusedFn) -> Callable[[mx.array], mx.array]:
+def compiled_fn(module: nn.Module, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+    """The module's traced function, built on first use and dropped by ``restore``."""
     fn = module.__dict__.get(_COMPILED)
     if fn is None:
-        # inputs=module: its arrays are read at every call, so the traced graph never holds stale weights
-        fn = mx.compile(lambda x: fused(module, site, x), inputs=module)
+        fn = build()
         object.__setattr__(module, _COMPILED, fn)
     return fn
+
+
+def _compiled_fn(module: nn.Module, site: Any, fused: FusedFn) -> Callable[[mx.array], mx.array]:
+    # inputs=module: its arrays are read at every call, so the traced graph never holds stale weights
+    return compiled_fn(module, lambda: mx.compile(lambda x: fused(module, site, x), inputs=module))
 
 
 def has_collectives(module: nn.Module) -> bool:

@@ -150,6 +150,8 @@ def patch(
             continue
         name, site = hit
         pattern = PATTERNS[name]
+        if not pattern.applies(module, site):
+            continue
         reason = pattern.check(module, site)
         if reason:
             result.skipped.append((path, f"{name}: {reason}"))
@@ -160,7 +162,10 @@ def patch(
             continue
         if fuse_projections and hasattr(site, "fuse_projections"):
             site = dataclasses.replace(site, fuse_projections=True)
-        compiled = compile_blocks and pattern.compilable(site) and not _swap.has_collectives(module)
+        collectives = _swap.has_collectives(module)
+        if compile_blocks and hasattr(site, "traced") and not collectives:  # patterns that trace themselves
+            site = dataclasses.replace(site, traced=True)
+        compiled = compile_blocks and pattern.compilable(site) and not collectives
         _swap.swap(module, _swap.patched_class(type(module), name, max_fused_tokens, site, pattern.fused, compiled))
         counts[name] = counts.get(name, 0) + 1
 

@@ -100,6 +100,17 @@ class AttentionSite:
     out: str
 
 
+@dataclass(frozen=True)
+class ConvLayerSite:
+    """An LFM2 decoder layer: ``h = x + conv(operator_norm(x), mask, cache); out = h + feed_forward(ffn_norm(h))``
+    with mlx-lm's ``ShortConv`` (depthwise ``nn.Conv1d`` over ``[cache[0], B * x]``, ``C *`` gate, ``out_proj``).
+    """
+
+    block: str
+    # set by patch(compile_blocks=True): the decode step runs through mx.compile
+    traced: bool = False
+
+
 def resolve_class(block: str) -> type | None:
     """``"mlx_lm.models.llama:MLP"`` -> the class, or None if this mlx-lm lacks it."""
     module_name, _, qualname = block.partition(":")
@@ -236,4 +247,11 @@ ATTENTION: dict[str, tuple[AttentionSite, ...]] = {
     "qwen3_moe": (AttentionSite(_m("qwen3_moe", "Attention"), "q_norm", "k_norm", "o_proj"),),
     "lfm2": (AttentionSite(_m("lfm2", "Attention"), "q_layernorm", "k_layernorm", "out_proj"),),
     "lfm2_moe": (AttentionSite(_m("lfm2_moe", "Attention"), "q_layernorm", "k_layernorm", "out_proj"),),
+}
+
+
+# Short-convolution decoder layers (LFM2), each __call__ (with ShortConv's) line for line the ConvLayerSite shape.
+CONV_LAYER: dict[str, tuple[ConvLayerSite, ...]] = {
+    "lfm2": (ConvLayerSite(_m("lfm2", "Lfm2DecoderLayer")),),
+    "lfm2_moe": (ConvLayerSite(_m("lfm2_moe", "Lfm2DecoderLayer")),),
 }

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .families import ATTENTION, DENSE, MOE, RESIDUAL, AttentionSite, DenseSite, MoeSite, ResidualSite
+from .families import (
+    ATTENTION, CONV_LAYER, DENSE, MOE, RESIDUAL, AttentionSite, ConvLayerSite, DenseSite, MoeSite, ResidualSite,
+)
 
-Site = DenseSite | MoeSite | ResidualSite | AttentionSite
+Site = DenseSite | MoeSite | ResidualSite | AttentionSite | ConvLayerSite
 
-PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "residual_norm")
-DEFAULT_PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope")
+PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer", "residual_norm")
+DEFAULT_PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer")
 
 # Bit-exact and token-identical on the H100 (every tiny family, 39d3c0c/11ddd0c), but not faster: in-process A/B
 # on four full-size models had it neutral to slower (docs/perf-notes.md, v4), so it stays opt-in.
@@ -80,6 +82,8 @@ def _family(model_type: str, sites_from: str | None = None, aliases: tuple[str, 
         sites["moe_mlp"] = (MOE[key],)
     if key in ATTENTION:
         sites["qk_norm_rope"] = ATTENTION[key]
+    if key in CONV_LAYER:
+        sites["conv_layer"] = CONV_LAYER[key]
     opt_in = {}
     if key in RESIDUAL:
         sites["residual_norm"] = RESIDUAL[key]

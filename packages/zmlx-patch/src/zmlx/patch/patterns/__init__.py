@@ -8,7 +8,7 @@ from typing import Any
 
 import mlx.nn as nn
 
-from . import geglu_mlp, moe_mlp, qk_norm_rope, residual_norm, swiglu_mlp
+from . import conv_layer, geglu_mlp, moe_mlp, qk_norm_rope, residual_norm, swiglu_mlp
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class Pattern:
     compilable: Callable[[Any], bool] = lambda site: True
     # (module, site) -> whether fuse_projections can fuse this module's quantized projections
     fusable: Callable[[nn.Module, Any], bool] = lambda module, site: False
+    # (module, site) -> False for instances of the site's class the pattern is not about (left alone, not "skipped")
+    applies: Callable[[nn.Module, Any], bool] = lambda module, site: True
 
 
 PATTERNS: dict[str, Pattern] = {
@@ -36,6 +38,9 @@ PATTERNS: dict[str, Pattern] = {
         # the KV cache update inside the block changes shape every step: never traced
         Pattern("qk_norm_rope", qk_norm_rope.check, qk_norm_rope.fused, qk_norm_rope.SUMMARY,
                 compilable=lambda site: False),
+        # traces itself (conv state in and out, cache bookkeeping outside the trace) when compile_blocks is on
+        Pattern("conv_layer", conv_layer.check, conv_layer.fused, conv_layer.SUMMARY,
+                compilable=lambda site: False, applies=conv_layer.applies),
         Pattern("residual_norm", residual_norm.check, residual_norm.fused, residual_norm.SUMMARY,
                 compilable=lambda site: False),
     )

@@ -1,0 +1,60 @@
+"""conv_layer: LFM2 short-conv decoder layers traced at decode, exact against mlx-lm, original path elsewhere."""
+
+import mlx.core as mx
+import pytest
+import zmlx_patch_tiny as tiny
+from mlx_lm.models.cache import ArraysCache, make_prompt_cache
+from zmlx.patch import patch, unpatch
+
+
+def _run(model, seq: mx.array, prefill: int, cache=None) -> tuple[list[mx.array], list]:
+    cache = cache if cache is not None else make_prompt_cache(model)
+    out = [model(seq[:, :prefill], cache=cache)]
+    out += [model(seq[:, i : i + 1], cache=cache) for i in range(prefill, seq.shape[1])]
+    mx.eval(out)
+    return out, cache
+
+
+def _states(cache) -> list[mx.array]:
+    return [c[0] for c in cache if isinstance(c, ArraysCache)]
+
+
+@pytest.mark.parametrize("compile_blocks", [True, False], ids=["traced", "eager"])
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "q4"])
+@pytest.mark.parametrize("family", ["lfm2", "lfm2_moe"])
+def test_conv_layer_decode_is_exact_and_keeps_the_cache(family, quantized, compile_blocks):
+    model = tiny.build(family, quantized=quantized, seed=5)
+    seq = tiny.tokens(33, seed=7)  # an odd prompt length, then 26 decode steps
+    want, want_cache = _run(model, seq, prefill=7)
+
+    result = patch(model, patterns=["conv_layer"], compile_blocks=compile_blocks, verbose=False)
+    assert result.counts == {"conv_layer": 2} and not result.skipped  # the attention layer is not its business
+    got, got_cache = _run(model, seq, prefill=7)
+    traced = [p for p, m in model.named_modules() if "_zmlx_compiled" in m.__dict__]
+    assert unpatch(model) == 2 and not [p for p, m in model.named_modules() if "_zmlx_compiled" in m.__dict__]
+
+    assert traced == (["model.layers.2", "model.layers.0"] if compile_blocks else [])
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    # the conv state after the last step (what the trace hands back) is the cache mlx-lm would hold
+    assert all(mx.array_equal(a, b).item() for a, b in zip(_states(want_cache), _states(got_cache), strict=True))
+    assert [c.offset for c in got_cache if hasattr(c, "offset")] == [33]
+
+
+def test_conv_layer_takes_the_original_path_for_batched_caches(monkeypatch):
+    from zmlx.patch.patterns import conv_layer
+
+    model = tiny.build("lfm2_moe", quantized=True, seed=2)
+    seq = mx.concatenate([tiny.tokens(9, seed=3), tiny.tokens(9, seed=4)])
+    want, _ = _run(model, seq, prefill=5)
+    patch(model, verbose=False)
+    steps: list[int] = []
+    real = conv_layer.step
+    monkeypatch.setattr(conv_layer, "step", lambda layer, x, s: steps.append(1) or real(layer, x, s))
+    cache = make_prompt_cache(model)
+    for c in cache:  # a batch whose caches carry lengths (mlx-lm's batched generation) is masked: not traced
+        if isinstance(c, ArraysCache):
+            c.lengths = mx.array([9, 9])
+    got, _ = _run(model, seq, prefill=5, cache=cache)
+    unpatch(model)
+    assert steps == []
+    assert all(mx.allclose(a, b).item() for a, b in zip(want, got, strict=True))
