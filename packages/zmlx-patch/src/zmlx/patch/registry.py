@@ -11,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .families import (
-    ATTENTION, CONV_LAYER, DENSE, MOE, RESIDUAL, AttentionSite, ConvLayerSite, DenseSite, MoeSite, ResidualSite,
+    ATTENTION,
+    CONV_LAYER,
+    DENSE,
+    MOE,
+    RESIDUAL,
+    AttentionSite,
+    ConvLayerSite,
+    DenseSite,
+    MoeSite,
+    ResidualSite,
 )
 
 Site = DenseSite | MoeSite | ResidualSite | AttentionSite | ConvLayerSite
