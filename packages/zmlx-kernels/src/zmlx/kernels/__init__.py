@@ -13,6 +13,7 @@ check_mlx_version()
 from .ops.activations import geglu, swiglu, swiglu_oai  # noqa: E402
 from .ops.attention import qk_norm_rope  # noqa: E402
 from .ops.combine import moe_combine  # noqa: E402
+from .ops.conv import short_conv  # noqa: E402
 from .ops.moe_experts import dense_gate_up, moe_down_combine, moe_gate_up  # noqa: E402
 from .ops.norms import add_rms_norm  # noqa: E402
 from .ops.routing import grouped_sigmoid_topk, sigmoid_topk, softmax_topk, topk_softmax  # noqa: E402
@@ -32,6 +33,7 @@ __all__ = [
     "moe_down_combine",
     "moe_gate_up",
     "qk_norm_rope",
+    "short_conv",
     "sigmoid_topk",
     "softmax_topk",
     "swiglu",

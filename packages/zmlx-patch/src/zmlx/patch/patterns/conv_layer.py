@@ -1,11 +1,11 @@
-"""conv_layer: an LFM2 short-convolution decoder layer's decode step traced by ``mx.compile`` as one graph.
+"""conv_layer: an LFM2 short-convolution decoder layer's decode step, its conv in one launch, traced as one graph.
 
-At decode the layer's conv state has a fixed shape, so the whole layer (operator norm, ``in_proj``, the gated
-depthwise conv over ``[state, B*x]``, ``out_proj``, both residual adds, the feed-forward, patched or not) is a pure
-function ``(x, state) -> (out, new_state)``: traced once, replayed every step without rebuilding ~15 primitives in
-Python. The ops are the layer's own, in its order; the cache bookkeeping (``cache[0] = ...``, ``advance``) stays
-outside the trace, exactly as ``ShortConv`` does it. Attention layers, prefill, masks and batched caches with
-lengths take the original code.
+At one token the gated depthwise conv (``B * v``, concatenate with the state, ``conv1d``, ``C *``) is one
+``zk.short_conv`` launch instead of four-plus (a cuDNN plan among them). The conv state has a fixed shape, so the
+whole layer (operator norm, ``in_proj``, the conv, ``out_proj``, both residual adds, the feed-forward, patched or
+not) is a pure function ``(x, state) -> (out, new_state)``, traced by ``mx.compile`` once and replayed every step.
+The cache bookkeeping (``cache[0] = ...``, ``advance``) stays outside the trace, as ``ShortConv`` does it.
+Attention layers, prefill, masks and batched caches with lengths take the original code.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from zmlx import kernels as zk
 
 from .. import _swap
 from ..families import ConvLayerSite
@@ -35,29 +36,34 @@ def check(module: nn.Module, site: ConvLayerSite) -> str | None:
                                       "ffn_norm", "feed_forward"))
     if reason:
         return reason
-    if not isinstance(getattr(module.conv, "L_cache", None), int) or module.conv.L_cache < 2:
+    k = getattr(module.conv, "L_cache", None)
+    if not isinstance(k, int) or k < 2:
         return "conv.L_cache is not an int >= 2"
+    conv = module.conv.conv
+    d = conv.weight.shape[0]
+    if type(conv) is not nn.Conv1d or conv.weight.shape != (d, k, 1) or conv.groups != d:
+        return "conv.conv is not a depthwise nn.Conv1d with L_cache taps"
+    if (conv.stride, conv.padding, conv.dilation) != (1, 0, 1):
+        return "conv.conv has a stride, padding or dilation"
     return None
 
 
 def step(layer: nn.Module, x: mx.array, state: mx.array) -> tuple[mx.array, mx.array]:
-    """Lfm2DecoderLayer.__call__ + ShortConv.__call__ for a cache that holds a state, no mask, no lengths."""
+    """Lfm2DecoderLayer.__call__ + ShortConv.__call__ at one token, for a cache that holds a state, no mask."""
     conv = layer.conv
-    BCx = conv.in_proj(layer.operator_norm(x))
-    B, C, v = mx.split(BCx, 3, axis=-1)
-    Bx = mx.concatenate([state, B * v], axis=1)
-    r = conv.out_proj(C * conv.conv(Bx))
-    h = x + r
-    return h + layer.feed_forward(layer.ffn_norm(h)), Bx[:, -(conv.L_cache - 1):, :]
+    y, new_state = zk.short_conv(conv.in_proj(layer.operator_norm(x)), state, conv.conv.weight,
+                                 conv.conv.get("bias"))
+    h = x + conv.out_proj(y)
+    return h + layer.feed_forward(layer.ffn_norm(h)), new_state
 
 
-def _traceable(cache: Any, mask: Any) -> bool:
-    return (mask is None and cache is not None and getattr(cache, "lengths", 1) is None
+def _traceable(x: mx.array, cache: Any, mask: Any) -> bool:
+    return (x.ndim == 3 and x.shape[1] == 1 and mask is None and cache is not None and getattr(cache, "lengths", 1) is None
             and getattr(cache, "left_padding", 1) is None and cache[0] is not None)
 
 
 def fused(self: nn.Module, site: ConvLayerSite, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-    if not _traceable(cache, mask):
+    if not _traceable(x, cache, mask):
         return _swap.original_class(self).__call__(self, x, mask, cache)
     if site.traced:
         out, state = _swap.compiled_fn(self, lambda: mx.compile(lambda x, s: step(self, x, s), inputs=self))(
