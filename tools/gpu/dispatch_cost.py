@@ -18,6 +18,7 @@ import time
 def cases(d: int):
     import mlx.core as mx
     import mlx.nn as nn
+    import zmlx.kernels as zk
 
     bf = mx.bfloat16
     conv = nn.Conv1d(d, d, kernel_size=3, groups=d, bias=False)
@@ -37,6 +38,12 @@ def cases(d: int):
         "rms_norm": (lambda: (x(),), lambda a: mx.fast.rms_norm(a, w, 1e-5)),
         "quantized_matmul 4-bit (qmv)": (lambda: (x(),), lambda a: lin(a)),
         "split into 3 + multiply": (lambda: (x((1, 1, 3 * d)),), lambda a: (lambda p: p[0] * p[1])(mx.split(a, 3, -1))),
+        "add + rms_norm (2 MLX ops)": (lambda: (x(), x()), lambda a, b: mx.fast.rms_norm(a + b, w, 1e-5)),
+        "zk.add_rms_norm (custom kernel)": (lambda: (x(), x()), lambda a, b: zk.add_rms_norm(a, b, w, 1e-5)),
+        "short conv as mlx-lm (5 MLX ops)": (lambda: (x((1, 1, 3 * d)), x((1, 2, d))),
+                                             lambda a, s: zk.ops.conv.short_conv_reference(a, s, conv.weight)),
+        "zk.short_conv (custom kernel)": (lambda: (x((1, 1, 3 * d)), x((1, 2, d))),
+                                          lambda a, s: zk.short_conv(a, s, conv.weight)),
     }
 
 

@@ -38,7 +38,7 @@ def test_verbose_output_has_the_tour_shape(capsys):
         "  swiglu_mlp: 1",
     ]
     assert isinstance(result, PatchResult) and result.total == 6
-    assert result.not_applied == {}
+    assert list(result.not_applied) == ["residual_norm"]  # opt-in
 
 
 @pytest.mark.parametrize("family,approximate", [("gemma", False), ("gemma2", True), ("gemma3_text", True)])

@@ -58,3 +58,20 @@ def test_conv_layer_takes_the_original_path_for_batched_caches(monkeypatch):
     unpatch(model)
     assert steps == []
     assert all(mx.allclose(a, b).item() for a, b in zip(want, got, strict=True))
+
+
+@pytest.mark.parametrize("family", ["lfm2", "lfm2_moe"])
+def test_residual_norm_rides_on_conv_layer_for_every_layer(family, monkeypatch):
+    model = tiny.build(family, quantized=True, seed=6)
+    seq = tiny.tokens(31, seed=8)
+    want, _ = _run(model, seq, prefill=5)
+    calls = tiny.count_kernel_calls(monkeypatch, ["add_rms_norm"])
+    result = patch(model, patterns=["conv_layer", "residual_norm"], compile_blocks=False, verbose=False)
+    got, _ = _run(model, seq, prefill=5)
+    monkeypatch.undo()
+    assert unpatch(model) == 3
+    assert result.counts == {"conv_layer": 3} and not result.skipped  # the attention layer too
+    # every layer at each of the 26 one-token steps, and the attention layer at the 5-token prefill (<= 32 tokens)
+    assert calls["add_rms_norm"] == 3 * 26 + 1
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    assert "residual_norm" not in patch(tiny.build(family), verbose=False).patterns  # opt-in, as elsewhere

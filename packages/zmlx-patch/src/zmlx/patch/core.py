@@ -137,6 +137,8 @@ def patch(
         for site in family.sites.get(name, ()):
             cls = resolve_class(site.block)
             if cls is not None:
+                if hasattr(site, "residual_norm") and "residual_norm" in result.patterns:  # a layer pattern fuses it
+                    site = dataclasses.replace(site, residual_norm=True)
                 by_class.setdefault(cls, (name, site))
 
     counts: dict[str, int] = {}

@@ -109,6 +109,8 @@ class ConvLayerSite:
     block: str
     # set by patch(compile_blocks=True): the decode step runs through mx.compile
     traced: bool = False
+    # set when patterns include residual_norm: every layer's `h = x + r; ffn_norm(h)` as one zk.add_rms_norm
+    residual_norm: bool = False
 
 
 def resolve_class(block: str) -> type | None:

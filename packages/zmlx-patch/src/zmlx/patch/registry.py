@@ -80,6 +80,7 @@ FUSE_ON_CUDA: dict[str, str] = {
 def _family(model_type: str, sites_from: str | None = None, aliases: tuple[str, ...] = ()) -> FamilySpec:
     key = sites_from or model_type
     sites: dict[str, tuple[Site, ...]] = {}
+    opt_in: dict[str, str] = {}
     dense = DENSE.get(key, ())
     swiglu = tuple(s for s in dense if s.activation == "silu")
     geglu = tuple(s for s in dense if s.activation != "silu")
@@ -93,7 +94,9 @@ def _family(model_type: str, sites_from: str | None = None, aliases: tuple[str, 
         sites["qk_norm_rope"] = ATTENTION[key]
     if key in CONV_LAYER:
         sites["conv_layer"] = CONV_LAYER[key]
-    opt_in = {}
+        # LFM2 layers are conv_layer's class: there residual_norm is a flag of conv_layer, with no class of its own
+        sites["residual_norm"] = ()
+        opt_in["residual_norm"] = RESIDUAL_NORM_OPT_IN
     if key in RESIDUAL:
         sites["residual_norm"] = RESIDUAL[key]
         opt_in["residual_norm"] = RESIDUAL_NORM_OPT_IN

@@ -5,7 +5,8 @@ At one token the gated depthwise conv (``B * v``, concatenate with the state, ``
 whole layer (operator norm, ``in_proj``, the conv, ``out_proj``, both residual adds, the feed-forward, patched or
 not) is a pure function ``(x, state) -> (out, new_state)``, traced by ``mx.compile`` once and replayed every step.
 The cache bookkeeping (``cache[0] = ...``, ``advance``) stays outside the trace, as ``ShortConv`` does it.
-Attention layers, prefill, masks and batched caches with lengths take the original code.
+Prefill, masks and batched caches with lengths take the original code. With ``residual_norm`` among the patterns,
+every layer (attention layers too, untraced) computes ``h = x + r; ffn_norm(h)`` as one ``zk.add_rms_norm``.
 """
 
 from __future__ import annotations
@@ -25,15 +26,23 @@ SUMMARY = ("LFM2 short-conv decoder layer: the decode step (norms, conv, project
 
 
 def applies(module: nn.Module, site: ConvLayerSite) -> bool:
-    # the attention layers share the class; they are not this pattern's business
-    return getattr(module, "is_attention_layer", None) is not True
+    # the attention layers share the class; only the residual fusion concerns them
+    return site.residual_norm or getattr(module, "is_attention_layer", None) is not True
 
 
 def check(module: nn.Module, site: ConvLayerSite) -> str | None:
-    if getattr(module, "is_attention_layer", None) is not False:
+    attention = getattr(module, "is_attention_layer", None)
+    if not isinstance(attention, bool):
         return "no is_attention_layer flag"
-    reason = missing_modules(module, ("conv", "conv.conv", "conv.in_proj", "conv.out_proj", "operator_norm",
-                                      "ffn_norm", "feed_forward"))
+    reason = missing_modules(module, ("self_attn" if attention else "conv", "operator_norm", "ffn_norm",
+                                      "feed_forward"))
+    if reason:
+        return reason
+    if site.residual_norm and type(module.ffn_norm) is not nn.RMSNorm:
+        return "ffn_norm is not an nn.RMSNorm"
+    if attention:
+        return None
+    reason = missing_modules(module, ("conv.conv", "conv.in_proj", "conv.out_proj"))
     if reason:
         return reason
     k = getattr(module.conv, "L_cache", None)
@@ -48,13 +57,23 @@ def check(module: nn.Module, site: ConvLayerSite) -> str | None:
     return None
 
 
-def step(layer: nn.Module, x: mx.array, state: mx.array) -> tuple[mx.array, mx.array]:
+def _residual(layer: nn.Module, site: ConvLayerSite, x: mx.array, r: mx.array) -> mx.array:
+    """``h = x + r; out = h + feed_forward(ffn_norm(h))``, the add and the norm in one launch when asked."""
+    if site.residual_norm:
+        norm = layer.ffn_norm
+        h, normed = zk.add_rms_norm(x, r, norm["weight"], norm.eps)
+    else:
+        h = x + r
+        normed = layer.ffn_norm(h)
+    return h + layer.feed_forward(normed)
+
+
+def step(layer: nn.Module, site: ConvLayerSite, x: mx.array, state: mx.array) -> tuple[mx.array, mx.array]:
     """Lfm2DecoderLayer.__call__ + ShortConv.__call__ at one token, for a cache that holds a state, no mask."""
     conv = layer.conv
     y, new_state = zk.short_conv(conv.in_proj(layer.operator_norm(x)), state, conv.conv.weight,
                                  conv.conv.get("bias"))
-    h = x + conv.out_proj(y)
-    return h + layer.feed_forward(layer.ffn_norm(h)), new_state
+    return _residual(layer, site, x, conv.out_proj(y)), new_state
 
 
 def _traceable(x: mx.array, cache: Any, mask: Any) -> bool:
@@ -63,13 +82,15 @@ def _traceable(x: mx.array, cache: Any, mask: Any) -> bool:
 
 
 def fused(self: nn.Module, site: ConvLayerSite, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+    if self.is_attention_layer:  # patched only for residual_norm; the attention block keeps its own code
+        return _residual(self, site, x, self.self_attn(self.operator_norm(x), mask=mask, cache=cache))
     if not _traceable(x, cache, mask):
         return _swap.original_class(self).__call__(self, x, mask, cache)
     if site.traced:
-        out, state = _swap.compiled_fn(self, lambda: mx.compile(lambda x, s: step(self, x, s), inputs=self))(
+        out, state = _swap.compiled_fn(self, lambda: mx.compile(lambda x, s: step(self, site, x, s), inputs=self))(
             x, cache[0])
     else:
-        out, state = step(self, x, cache[0])
+        out, state = step(self, site, x, cache[0])
     cache[0] = state
     cache.advance(x.shape[1])
     return out
