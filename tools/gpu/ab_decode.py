@@ -12,7 +12,8 @@ minutes, gpt-oss-20b about 2): give the first call on a fresh host that time, or
 
 Config names join parts with '+': moe (moe_mlp), qk (qk_norm_rope), res (residual_norm), mlp (swiglu_mlp,
 geglu_mlp), conv (conv_layer), fuse (fuse_projections=True), eager (compile_blocks=False); 'stock' is the unpatched
-model, 'default' the model patched as users get it (patch() with no arguments).
+model, 'default' the model patched as users get it (patch() with no arguments); the part 'nofold' (default+nofold,
+moe+conv+nofold...) keeps conv_layer from folding the residual add into the expert launch.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
     """'moe+qk+fuse' -> (patterns, patch kwargs); None for 'stock'; 'default' is patch() with no arguments."""
     if name == "stock":
         return None
-    if name == "default":
+    if name in ("default", "default+nofold"):
         return None, {}
     patterns: list[str] = []
     kwargs = {"fuse_projections": False, "compile_blocks": True}
     for part in name.split("+"):
+        if part == "nofold":  # conv_layer adds `h + moe` itself (for measuring the fold); applied in main()
+            continue
         if part == "fuse":
             kwargs["fuse_projections"] = True
         elif part == "eager":
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlx.core as mx
     from zmlx.patch import patch, unpatch
+    from zmlx.patch.patterns import conv_layer
     from zmlx.validate import load_model
 
     model, _, _ = load_model(args.model, cache_dir=args.cache_dir)
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         # rotate the order each round so no configuration always follows the same one
         for name in names[rnd % len(names):] + names[: rnd % len(names)]:
             cfg = configs[name]
+            conv_layer.FOLD_RESIDUAL = "nofold" not in name.split("+")
             if cfg is not None:
                 patch(model, patterns=cfg[0], verbose=False, **cfg[1])
             try:

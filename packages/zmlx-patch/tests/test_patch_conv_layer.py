@@ -75,3 +75,21 @@ def test_residual_norm_rides_on_conv_layer_for_every_layer(family, monkeypatch):
     assert calls["add_rms_norm"] == 3 * 26 + 1
     assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
     assert "residual_norm" not in patch(tiny.build(family), verbose=False).patterns  # opt-in, as elsewhere
+
+
+def test_traced_conv_layers_fold_the_residual_into_the_fused_experts(monkeypatch):
+    import zmlx.kernels as zk
+
+    model = tiny.build("lfm2_moe", quantized=True, seed=9)
+    seq = tiny.tokens(12, seed=10)
+    want, _ = _run(model, seq, prefill=4)
+    seen: list[bool] = []
+    real = zk.moe_down_combine
+    monkeypatch.setattr(zk, "moe_down_combine", lambda *a, **kw: seen.append(kw.get("residual") is not None)
+                        or real(*a, **kw))
+    patch(model, compile_blocks=False, fuse_projections=True, verbose=False)
+    got, _ = _run(model, seq, prefill=4)
+    unpatch(model)
+    # 8 one-token steps: conv layer 2 folds `h + moe` into down+combine; attention layer 1 adds it itself
+    assert seen.count(True) == 8 and seen.count(False) == 8
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))

@@ -78,6 +78,7 @@ def patched_class(original: type, pattern: str, max_fused_tokens: int, site: Any
             "_zmlx_original": original,
             "_zmlx_pattern": pattern,
             "_zmlx_max_fused_tokens": max_fused_tokens,
+            "_zmlx_site": site,
             "_zmlx_compiled_path": compiled,
         },
     )
@@ -92,6 +93,11 @@ def original_class(module: nn.Module) -> type | None:
 
 def pattern_of(module: nn.Module) -> str | None:
     return type(module).__dict__.get("_zmlx_pattern")
+
+
+def site_of(module: nn.Module) -> Any:
+    """The site a patched module was patched with (None when it is not patched)."""
+    return type(module).__dict__.get("_zmlx_site")
 
 
 def swap(module: nn.Module, cls: type) -> None:

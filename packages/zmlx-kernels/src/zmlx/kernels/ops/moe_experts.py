@@ -46,11 +46,13 @@ def moe_gate_up_reference(x, indices, gate: Quant, up: Quant, *, group_size, bit
     return _activate(activation, x_gate, x_up, alpha, limit).reshape(k, -1)
 
 
-def moe_down_combine_reference(h, indices, down: Quant, scores, *, group_size, bits, fp32, down_bias=None):
+def moe_down_combine_reference(h, indices, down: Quant, scores, *, group_size, bits, fp32, down_bias=None,
+                               residual=None):
     k = indices.size
     idx = indices.reshape(1, 1, k)
     y = _gather(h.reshape(1, 1, k, 1, h.shape[-1]), down, idx, group_size, bits, down_bias).squeeze(-2)
-    return moe_combine_reference(y, scores.reshape(1, 1, k), fp32=fp32).reshape(-1)
+    y = moe_combine_reference(y, scores.reshape(1, 1, k), fp32=fp32).reshape(-1)
+    return y if residual is None else residual.reshape(-1) + y  # the decoder layer's `h + moe(x)`
 
 
 def mlx_numerics(rows: int, n: int, k: int, group_size: int, bits: int) -> str | None:
@@ -136,29 +138,35 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
 
 
 def moe_down_combine(h: mx.array, indices: mx.array, down: Quant, scores: mx.array, *, group_size: int,
-                     bits: int, fp32: bool, down_bias: mx.array | None = None,
+                     bits: int, fp32: bool, down_bias: mx.array | None = None, residual: mx.array | None = None,
                      out_shape: tuple[int, ...] | None = None, stream: mx.Stream | None = None) -> mx.array:
     """Down projection of each expert's ``h`` row, then the family's weighted combine in routing order: ``[D]``
-    (or ``out_shape``, same size)."""
+    (or ``out_shape``, same size). ``residual`` (``[D]`` values, the combine's dtype) is added last, rounded
+    once, as a decoder layer's ``h + moe(x)``."""
     target = target_for(stream)
     k = indices.size
     n, kdim = down[0].shape[-2], h.shape[-1]
     numerics = mlx_numerics(k, n, kdim, group_size, bits)
     p = _promote(h.dtype, scores.dtype)
+    out_dtype = h.dtype if fp32 else p
+    if residual is not None and (residual.size != n or residual.dtype != out_dtype):
+        raise ValueError(f"moe_down_combine: residual must be {n} values of {out_dtype}, got {residual.shape} "
+                         f"{residual.dtype}")
     # k <= 16: the mma kernel stages k x 2 KB of weights in static shared memory
     if target != "cuda" or numerics is None or h.shape[0] != k or not _fusable(h, (down,)) or k > 16:
         y = moe_down_combine_reference(h, indices, down, scores, group_size=group_size, bits=bits, fp32=fp32,
-                                       down_bias=down_bias)
+                                       down_bias=down_bias, residual=residual)
         return y if out_shape is None else y.reshape(out_shape)
-    out_dtype = h.dtype if fp32 else p
     blocks = n if numerics == "qmv" else -(-n // 8)
     return launch(
         SPECS[f"down_combine_{numerics}"], target,
         inputs=(h, indices if indices.dtype == mx.uint32 else indices.astype(mx.uint32), *down,
-                down_bias if down_bias is not None else _dummy(h.dtype), scores),
+                down_bias if down_bias is not None else _dummy(h.dtype), scores,
+                residual if residual is not None else _dummy(out_dtype)),
         output_shapes=[out_shape or (n,)], output_dtypes=[out_dtype], threads=blocks * k * 32, threadgroup=k * 32,
         template=[("T", h.dtype), ("A", mx.float32 if bits == 8 else h.dtype), ("P", p), ("O", out_dtype),
-                  ("BITS", bits), ("GS", group_size), ("KTOP", k), ("HAS_BIAS", down_bias is not None)],
+                  ("BITS", bits), ("GS", group_size), ("KTOP", k), ("HAS_BIAS", down_bias is not None),
+                  ("HAS_RES", residual is not None)],
         stream=stream,
     )[0]
 
@@ -209,13 +217,17 @@ def check_cases(seed: int) -> list[CheckCase]:
             kernel=lambda x=x, inds=inds, g=gate, u=up, a=act, gb=gb, ub=ub, kw=kw: [
                 moe_gate_up(x, inds, g, u, activation=a, gate_bias=gb, up_bias=ub, **kw)],
             reference=lambda h=h_ref: [h], exact=True))
-        for fp32, sc in ((False, scores), (True, scores.astype(mx.float32))):
+        # the residual epilogue on the fp32 combine (the output stays in x's dtype), residual with ties to x
+        res = mx.where(mx.arange(d) % 5 == 0, x, -x).astype(mx.bfloat16)
+        for fp32, sc, r in ((False, scores, None), (True, scores.astype(mx.float32), None),
+                            (True, scores.astype(mx.float32), res)):
             cases.append(CheckCase(
-                op="moe_experts", variant=f"down_combine {name} fp32={fp32}", dtype="bfloat16",
-                kernel=lambda h=h_ref, inds=inds, dn=down, sc=sc, f=fp32, db=db, kw=kw: [
-                    moe_down_combine(h, inds, dn, sc, fp32=f, down_bias=db, **kw)],
-                reference=lambda h=h_ref, inds=inds, dn=down, sc=sc, f=fp32, db=db, kw=kw: [
-                    moe_down_combine_reference(h, inds, dn, sc, fp32=f, down_bias=db, **kw)],
+                op="moe_experts", variant=f"down_combine {name} fp32={fp32}{' +residual' if r is not None else ''}",
+                dtype="bfloat16",
+                kernel=lambda h=h_ref, inds=inds, dn=down, sc=sc, f=fp32, db=db, kw=kw, r=r: [
+                    moe_down_combine(h, inds, dn, sc, fp32=f, down_bias=db, residual=r, **kw)],
+                reference=lambda h=h_ref, inds=inds, dn=down, sc=sc, f=fp32, db=db, kw=kw, r=r: [
+                    moe_down_combine_reference(h, inds, dn, sc, fp32=f, down_bias=db, residual=r, **kw)],
                 exact=True))
     return cases
 

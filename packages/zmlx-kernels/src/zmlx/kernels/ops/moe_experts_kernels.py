@@ -201,7 +201,8 @@ _DOWN_QMV = """\
   if (zm_tid != 0 || d >= N) return;
   P acc_c = P(0.0f);
   for (int j = 0; j < KTOP; ++j) acc_c = zm_add_rn(acc_c, zm_mul_rn(P(ys[j]), P(float(scores[j]))));
-  out[d] = O(float(acc_c));
+  // the decoder layer's `h + moe(x)`: one more rounding in O, as the eager add
+  out[d] = HAS_RES ? zm_add_rn(residual[d], O(float(acc_c))) : O(float(acc_c));
 """
 
 _DOWN_MMA = """\
@@ -277,7 +278,7 @@ _DOWN_MMA = """\
   if (t >= 8 || n0 + t >= N) return;
   P acc_c = P(0.0f);
   for (int j = 0; j < KTOP; ++j) acc_c = zm_add_rn(acc_c, zm_mul_rn(P(ys[j * 8 + t]), P(float(scores[j]))));
-  out[n0 + t] = O(float(acc_c));
+  out[n0 + t] = HAS_RES ? zm_add_rn(residual[n0 + t], O(float(acc_c))) : O(float(acc_c));
 """
 
 
@@ -306,12 +307,12 @@ def down_spec(numerics: str) -> KernelSpec:
     return KernelSpec(
         name=f"moe_down_combine_{numerics}",
         inputs=(Param("h", "T"), Param("inds", "uint32_t"), Param("w_down", "uint32_t"), Param("s_down", "T"),
-                Param("b_down", "T"), Param("down_bias", "T"), Param("scores", "S")),
+                Param("b_down", "T"), Param("down_bias", "T"), Param("scores", "S"), Param("residual", "O")),
         outputs=(Param("out", "O"),),
         body={"qmv": _DOWN_QMV, "mma": _DOWN_MMA}[numerics],
         header=_QUANT_HELPERS,
         templates=(("T", "bfloat16"), ("A", "bfloat16"), ("P", "bfloat16"), ("O", "bfloat16"), ("BITS", 4),
-                   ("GS", 64), ("KTOP", 8), ("HAS_BIAS", False)),
+                   ("GS", 64), ("KTOP", 8), ("HAS_BIAS", False), ("HAS_RES", False)),
     )
 
 

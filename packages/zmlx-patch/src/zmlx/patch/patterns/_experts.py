@@ -74,10 +74,12 @@ def plan_for(experts: nn.Module) -> ExpertPlan | None:
     return plan
 
 
-def fused_experts(plan: ExpertPlan, x: mx.array, inds: mx.array, scores: mx.array, fp32: bool) -> mx.array:
-    """``combine(switch_mlp(x, inds), scores)`` for one token, as ``[..., D]`` like the block's own path."""
+def fused_experts(plan: ExpertPlan, x: mx.array, inds: mx.array, scores: mx.array, fp32: bool,
+                  residual: mx.array | None = None) -> mx.array:
+    """``combine(switch_mlp(x, inds), scores)`` for one token, as ``[..., D]`` like the block's own path
+    (``residual +`` that, when given)."""
     gb, ub, db = plan.biases
     h = zk.moe_gate_up(x, inds, plan.gate, plan.up, group_size=plan.group_size, bits=plan.bits,
                        activation=plan.activation, gate_bias=gb, up_bias=ub, alpha=plan.alpha, limit=plan.limit)
     return zk.moe_down_combine(h, inds, plan.down, scores, group_size=plan.group_size, bits=plan.bits, fp32=fp32,
-                               down_bias=db, out_shape=(*x.shape[:-1], plan.down[0].shape[-2]))
+                               down_bias=db, residual=residual, out_shape=(*x.shape[:-1], plan.down[0].shape[-2]))

@@ -19,7 +19,12 @@ from zmlx import kernels as zk
 
 from .. import _swap
 from ..families import ConvLayerSite
+from . import moe_mlp
 from ._structure import missing_modules
+
+# Whether the traced step hands `h` to a patched MoE feed-forward to add in its last launch (tools/gpu/ab_decode.py
+# turns it off with the config part "nofold" to measure it; bit-exact either way)
+FOLD_RESIDUAL = True
 
 SUMMARY = ("LFM2 short-conv decoder layer: the decode step (norms, conv, projections, residuals, feed-forward) "
            "traced by mx.compile as one graph, conv state in and out")
@@ -57,15 +62,19 @@ def check(module: nn.Module, site: ConvLayerSite) -> str | None:
     return None
 
 
-def _residual(layer: nn.Module, site: ConvLayerSite, x: mx.array, r: mx.array) -> mx.array:
-    """``h = x + r; out = h + feed_forward(ffn_norm(h))``, the add and the norm in one launch when asked."""
+def _residual(layer: nn.Module, site: ConvLayerSite, x: mx.array, r: mx.array, fold: bool = False) -> mx.array:
+    """``h = x + r; out = h + feed_forward(ffn_norm(h))``, the add and the norm in one launch when asked. With
+    ``fold`` (inside the traced step) a patched MoE feed-forward adds ``h`` in its own last launch."""
     if site.residual_norm:
         norm = layer.ffn_norm
         h, normed = zk.add_rms_norm(x, r, norm["weight"], norm.eps)
     else:
         h = x + r
         normed = layer.ffn_norm(h)
-    return h + layer.feed_forward(normed)
+    ff = layer.feed_forward
+    if fold and _swap.pattern_of(ff) == "moe_mlp":
+        return moe_mlp.fused(ff, _swap.site_of(ff), normed, residual=h)
+    return h + ff(normed)
 
 
 def step(layer: nn.Module, site: ConvLayerSite, x: mx.array, state: mx.array) -> tuple[mx.array, mx.array]:
@@ -73,7 +82,7 @@ def step(layer: nn.Module, site: ConvLayerSite, x: mx.array, state: mx.array) ->
     conv = layer.conv
     y, new_state = zk.short_conv(conv.in_proj(layer.operator_norm(x)), state, conv.conv.weight,
                                  conv.conv.get("bias"))
-    return _residual(layer, site, x, conv.out_proj(y)), new_state
+    return _residual(layer, site, x, conv.out_proj(y), fold=FOLD_RESIDUAL), new_state
 
 
 def _traceable(x: mx.array, cache: Any, mask: Any) -> bool:

@@ -97,7 +97,9 @@ def fusable(module: nn.Module, site: MoeSite) -> bool:
     return plan_for(getattr(module, site.experts)) is not None
 
 
-def fused(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
+def fused(self: nn.Module, site: MoeSite, x: mx.array, residual: mx.array | None = None) -> mx.array:
+    """The block's output, or ``residual + output`` (a decoder layer's ``h + moe(x)``) when ``residual`` is given:
+    with fused projections the add is the down+combine launch's last rounding."""
     group = getattr(self, "sharding_group", None)
     if group is not None:
         x = sum_gradients(group)(x)
@@ -109,7 +111,13 @@ def fused(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
     experts = getattr(self, site.experts)
     plan = plan_for(experts) if site.fuse_projections and x.size == x.shape[-1] else None  # one token
     if plan is not None:
-        y = fused_experts(plan, x, mx.stop_gradient(inds), scores, site.combine_fp32)
+        # the combine comes out in x's dtype (fp32 combine cast back, or weights already in x's dtype)
+        same = site.combine_fp32 or scores.dtype == x.dtype
+        fold = (residual is not None and same and site.shared == "none" and group is None
+                and not site.flatten_tokens and residual.shape == x.shape and residual.dtype == x.dtype)
+        y = fused_experts(plan, x, mx.stop_gradient(inds), scores, site.combine_fp32, residual if fold else None)
+        if fold:
+            return y
     else:
         y = experts(x, mx.stop_gradient(inds))
         y = zk.moe_combine(y, scores, fp32=site.combine_fp32)
@@ -124,5 +132,5 @@ def fused(self: nn.Module, site: MoeSite, x: mx.array) -> mx.array:
         y = y.reshape(shape)
     if group is not None:
         y = mx.distributed.all_sum(y, group=group)
-    return y
+    return y if residual is None else residual + y
 
