@@ -12,7 +12,7 @@ USAGE = "usage: python -m zmlx.patch list"
 
 
 def support_matrix() -> list[str]:
-    lines = [f"{'model_type':<14} {'default patterns':<34} {'opt-in / excluded':<32} notes"]
+    lines = [f"{'model_type':<14} {'default patterns':<46} {'opt-in / excluded':<32} notes"]
     for name, fam in FAMILIES.items():
         on = [p for p in DEFAULT_PATTERNS if p in fam.sites and p not in fam.excluded]
         off = ([f"{p} (opt-in)" for p in fam.opt_in] + [f"{p} (excluded)" for p in fam.excluded]
@@ -27,7 +27,7 @@ def support_matrix() -> list[str]:
             notes.append("projections fused on CUDA")
         if fam.aliases:
             notes.append(f"also: {', '.join(fam.aliases)}")
-        lines.append(f"{name:<14} {', '.join(on) or '-':<34} {', '.join(off) or '-':<32} {'; '.join(notes)}")
+        lines.append(f"{name:<14} {', '.join(on) or '-':<46} {', '.join(off) or '-':<32} {'; '.join(notes)}")
     reasons = {r for fam in FAMILIES.values() for r in (*fam.opt_in.values(), *fam.excluded.values())}
     reasons |= {f"{name} {p} off on CUDA: {r}" for name, fam in FAMILIES.items() for p, r in fam.slow_on_cuda.items()}
     reasons |= {f"{name} projections fused on CUDA (fuse_projections=None): {fam.fuse_on_cuda}"

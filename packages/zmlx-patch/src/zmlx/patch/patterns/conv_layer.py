@@ -26,8 +26,8 @@ from ._structure import missing_modules
 # turns it off with the config part "nofold" to measure it; bit-exact either way)
 FOLD_RESIDUAL = True
 
-SUMMARY = ("LFM2 short-conv decoder layer: the decode step (norms, conv, projections, residuals, feed-forward) "
-           "traced by mx.compile as one graph, conv state in and out")
+SUMMARY = ("LFM2 short-conv decoder layer at one token: the gated depthwise conv in one launch (zk.short_conv), the "
+           "whole layer traced by mx.compile (conv state in and out), h + moe(x) folded into the expert launch")
 
 
 def applies(module: nn.Module, site: ConvLayerSite) -> bool:
