@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 
 from ..emit import KernelSpec
 
@@ -14,6 +15,11 @@ TOLERANCE: dict[mx.Dtype, float] = {mx.float32: 1e-6, mx.float16: 1e-3, mx.bfloa
 DTYPES: tuple[mx.Dtype, ...] = (mx.float32, mx.float16, mx.bfloat16)
 # Relative error allowed for a reference against float64 math: a few roundings in the array dtype.
 REF_TOLERANCE: dict[mx.Dtype, float] = {mx.float32: 1e-5, mx.float16: 4e-3, mx.bfloat16: 3e-2}
+
+
+def as_float64(a: mx.array) -> np.ndarray:
+    """An array's values as float64 numpy (via float32, exact for every supported dtype), for reference checks."""
+    return np.array(a.astype(mx.float32), dtype=np.float64)
 
 
 def dtype_name(dtype: mx.Dtype) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..backend import constant, gpu_backend, launch, target_for
 from ..emit import KernelSpec, Param
-from ._base import DTYPES, REF_TOLERANCE, TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
+from ._base import DTYPES, REF_TOLERANCE, TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64, dtype_name
 from .norms import RMS_SUM_OF_SQUARES, mlx_rms_layout
 
 
@@ -183,8 +183,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
         key, sub = mx.random.split(key)
         q, k, qw, kw = _inputs(1, 3, 4, 2, 64, dtype, sub)
         got_q, _ = qk_norm_rope_reference(q, k, qw, kw, 1e-6, 1e-6, offset=7, base=10000.0)
-        x = np.array(q.astype(mx.float32), dtype=np.float64)
-        w = np.array(qw.astype(mx.float32), dtype=np.float64)
+        x, w = as_float64(q), as_float64(qw)
         n = w * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6)
         half = 32
         inv_freq = 10000.0 ** (-np.arange(half) / half)
@@ -192,7 +191,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
         c, s = np.cos(theta)[None, :, None, :], np.sin(theta)[None, :, None, :]
         x1, x2 = n[..., :half], n[..., half:]
         want = np.concatenate([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1).transpose(0, 2, 1, 3)
-        got = np.array(got_q.astype(mx.float32), dtype=np.float64)
+        got = as_float64(got_q)
         err = float(np.max(np.abs(got - want) / (np.abs(want) + 1)))
         out.append(RefCheck("attention", "qk_norm_rope", dtype_name(dtype), err, REF_TOLERANCE[dtype] * 2))
     return out

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..backend import launch, target_for
 from ..emit import KernelSpec, Param
-from ._base import DTYPES, REF_TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
+from ._base import DTYPES, REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64, dtype_name
 
 # --- reference (pure MLX, op for op what mlx-lm's ShortConv computes with a cache, one token, no mask) ----------
 
@@ -153,7 +153,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
         key, sub = mx.random.split(key)
         bcx, state, weight, bias = _inputs(5, 123, 3, True, dtype, sub)
         got, new_state = short_conv_reference(bcx, state, weight, bias)
-        f = lambda a: np.array(a.astype(mx.float32), dtype=np.float64)  # noqa: E731
+        f = as_float64
         x, s, w, b = f(bcx), f(state), f(weight), f(bias)
         bx = x[:, :, :123] * x[:, :, 246:]
         taps = np.concatenate([s, bx], axis=1)  # [N, K, D]

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..backend import constant, gpu_backend, launch, target_for
 from ..emit import KernelSpec, Param
-from ._base import DTYPES, REF_TOLERANCE, TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
+from ._base import DTYPES, REF_TOLERANCE, TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64, dtype_name
 
 
 def add_rms_norm_reference(
@@ -153,7 +153,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
         key, sub = mx.random.split(key)
         x, r, w = _inputs((7, 123), dtype, sub)
         h, normed = add_rms_norm_reference(x, r, w, 1e-5)
-        f64 = lambda a: np.array(a.astype(mx.float32), dtype=np.float64)  # noqa: E731
+        f64 = as_float64
         hh = f64(x) + f64(r)
         want = f64(w) * hh / np.sqrt(np.mean(hh * hh, axis=-1, keepdims=True) + 1e-5)
         err = max(float(np.max(np.abs(f64(h) - hh) / (np.abs(hh) + 1))),
