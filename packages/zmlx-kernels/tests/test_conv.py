@@ -1,0 +1,68 @@
+"""Short conv: the reference is mlx-lm's ShortConv at one token with a cache; bad shapes fail with a clear error."""
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+from zmlx import kernels as zk
+from zmlx.kernels.ops import conv
+
+DTYPES = [mx.float32, mx.float16, mx.bfloat16]
+
+
+def _short_conv_layer(d: int, k: int, bias: bool, dtype: mx.Dtype, seed: int):
+    from mlx_lm.models.lfm2 import ModelArgs, ShortConv
+
+    args = ModelArgs(model_type="lfm2", vocab_size=8, hidden_size=d, num_hidden_layers=1, num_attention_heads=1,
+                     num_key_value_heads=1, max_position_embeddings=8, norm_eps=1e-5, conv_bias=bias,
+                     conv_L_cache=k, block_dim=d, block_ff_dim=d, block_multiple_of=1,
+                     block_ffn_dim_multiplier=1.0, block_auto_adjust_ff_dim=False, full_attn_idxs=[])
+    layer = ShortConv(args, 0)
+    mx.random.seed(seed)
+    layer.update(nn.utils.tree_map(lambda a: mx.random.normal(a.shape).astype(dtype), layer.parameters()))
+    return layer
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d,k,bias", [(31, 3, False), (33, 3, True), (123, 4, False)])
+def test_short_conv_is_mlx_lm_short_conv_at_one_token(dtype, d, k, bias):
+    from mlx_lm.models.cache import ArraysCache
+
+    layer = _short_conv_layer(d, k, bias, dtype, seed=d + k)
+    keys = mx.random.split(mx.random.key(d), 2)
+    x = mx.random.normal((2, 1, d), key=keys[0]).astype(dtype)
+    state = mx.random.normal((2, k - 1, d), key=keys[1]).astype(dtype)
+    state = mx.where(mx.arange(d) % 5 == 0, state[:, :1], state)  # repeated taps
+    cache = ArraysCache(size=1)
+    cache[0] = state
+    want = layer(x, cache=cache)
+
+    y, new_state = zk.short_conv(layer.in_proj(x), state, layer.conv.weight, layer.conv.get("bias"))
+    got = layer.out_proj(y)
+    assert got.dtype == want.dtype and mx.array_equal(got, want).item()
+    assert mx.array_equal(new_state, cache[0]).item()
+
+
+def test_short_conv_rejects_what_it_does_not_compute():
+    bcx, state, w = mx.zeros((1, 1, 96)), mx.zeros((1, 2, 32)), mx.zeros((32, 3, 1))
+    with pytest.raises(ValueError, match="one token"):
+        zk.short_conv(mx.zeros((1, 2, 96)), state, w)
+    with pytest.raises(ValueError, match="state must be"):
+        zk.short_conv(bcx, mx.zeros((1, 2, 31)), w)
+    with pytest.raises(ValueError, match="depthwise"):
+        zk.short_conv(bcx, state, mx.zeros((32, 3, 32)))
+    with pytest.raises(ValueError, match="bias"):
+        zk.short_conv(bcx, state, w, mx.zeros((31,)))
+    with pytest.raises(ValueError, match="dtype"):
+        zk.short_conv(bcx, state.astype(mx.float16), w)
+
+
+def test_reference_against_float64():
+    checks = conv.reference_checks(seed=4)
+    assert len(checks) == 3 and all(c.passed for c in checks), checks
+
+
+def test_check_cases_cover_odd_widths_and_exact_dtypes_only():
+    cases = conv.check_cases(seed=0)
+    assert {c.dtype for c in cases} == {"bfloat16", "float16"}  # float32 runs the reference itself
+    assert all(c.exact for c in cases)
+    assert any("d31" in c.variant for c in cases) and any("d123" in c.variant and "bias" in c.variant for c in cases)
