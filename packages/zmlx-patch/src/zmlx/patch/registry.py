@@ -26,8 +26,9 @@ from .families import (
 Site = DenseSite | MoeSite | ResidualSite | AttentionSite | ConvLayerSite
 
 PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer", "residual_norm")
-# conv_layer (LFM2 only): bit-exact on the H100 and faster there: lfm2-8b-a1b defaults x1.98 and x1.48 with it
-# (capsules/20261127_h100_lfm2-8b-a1b_conv-layer_2ae1cc8.json, ..._conv-fold_4664f0c.json; A/B x1.60 vs x1.31 without)
+# conv_layer (LFM2 only): bit-exact on the H100 and faster there: lfm2-8b-a1b defaults x1.98, x1.56, x1.48 with it on
+# three hosts (capsules/20261127_h100_lfm2-8b-a1b_{conv-layer_2ae1cc8,defaults_b583d2f,conv-fold_4664f0c}.json;
+# in-process A/B x1.60 against x1.31 without it)
 DEFAULT_PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer")
 
 # Bit-exact and token-identical on the H100 (every tiny family, 39d3c0c/11ddd0c), but not faster: in-process A/B
