@@ -66,3 +66,17 @@ def test_check_cases_cover_odd_widths_and_exact_dtypes_only():
     assert {c.dtype for c in cases} == {"bfloat16", "float16"}  # float32 runs the reference itself
     assert all(c.exact for c in cases)
     assert any("d31" in c.variant for c in cases) and any("d123" in c.variant and "bias" in c.variant for c in cases)
+
+
+def test_the_kernel_runs_only_where_it_is_exact(monkeypatch):
+    launched: list[str] = []
+    monkeypatch.setattr(conv, "target_for", lambda stream=None: "cuda")  # as on a CUDA host
+    monkeypatch.setattr(conv, "launch", lambda spec, *a, **kw: launched.append(str(kw["template"][0][1])) or [
+        mx.zeros(kw["output_shapes"][0], kw["output_dtypes"][0]), mx.zeros(kw["output_shapes"][1])])
+    state = mx.ones((1, 2, 32))
+    for act, wt in ((mx.float32, mx.float32), (mx.bfloat16, mx.float32), (mx.float16, mx.bfloat16)):
+        bcx, w = mx.ones((1, 1, 96), act), mx.ones((32, 3, 1), wt)
+        zk.short_conv(bcx, state.astype(act), w)  # the reference: MLX's conv rounds these its own way
+    assert launched == []
+    zk.short_conv(mx.ones((1, 1, 96), mx.bfloat16), state.astype(mx.bfloat16), mx.ones((32, 3, 1), mx.bfloat16))
+    assert launched == ["mlx.core.bfloat16"]

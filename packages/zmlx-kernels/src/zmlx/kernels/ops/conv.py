@@ -97,10 +97,11 @@ def short_conv(
 
     ``bcx`` is ``in_proj(x)``, ``[N, 1, 3D]``; ``state`` the cache's ``[N, K-1, D]``; ``weight`` the depthwise
     ``nn.Conv1d`` weight ``[D, K, 1]``. ``order`` overrides the tap order (0 first to last, 1 last to first).
-    float32 runs the reference ops (its convolution's rounding is not reproduced).
+    float32, and weights in another dtype than the activations, run the reference ops (MLX's convolution then
+    rounds in ways the kernel does not reproduce).
     """
     _validate(bcx, state, weight, bias)
-    if target_for(stream) == "cpu" or bcx.dtype not in EXACT_DTYPES:
+    if target_for(stream) == "cpu" or bcx.dtype not in EXACT_DTYPES or weight.dtype != bcx.dtype:
         return short_conv_reference(bcx, state, weight, bias)
     has_bias = bias is not None
     out, new_state = launch(

@@ -86,8 +86,10 @@ def step(layer: nn.Module, site: ConvLayerSite, x: mx.array, state: mx.array) ->
 
 
 def _traceable(x: mx.array, cache: Any, mask: Any) -> bool:
-    return (x.ndim == 3 and x.shape[1] == 1 and mask is None and cache is not None and getattr(cache, "lengths", 1) is None
-            and getattr(cache, "left_padding", 1) is None and cache[0] is not None)
+    # one token, no mask, and a cache that already holds a state (mlx-lm's batched caches carry lengths/padding)
+    return (x.ndim == 3 and x.shape[1] == 1 and mask is None and cache is not None
+            and getattr(cache, "lengths", 1) is None and getattr(cache, "left_padding", 1) is None
+            and cache[0] is not None)
 
 
 def fused(self: nn.Module, site: ConvLayerSite, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
