@@ -93,3 +93,20 @@ def test_traced_conv_layers_fold_the_residual_into_the_fused_experts(monkeypatch
     # 8 one-token steps: conv layer 2 folds `h + moe` into down+combine; attention layer 1 adds it itself
     assert seen.count(True) == 8 and seen.count(False) == 8
     assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+
+
+@pytest.mark.parametrize("backend,kernel_calls", [("cuda", 8), ("metal", 0)])
+def test_the_conv_kernel_is_used_where_it_was_checked_against_mlx(backend, kernel_calls, monkeypatch):
+    # CUDA: zk.short_conv (bit-exact against MLX's CUDA conv on the H100); Metal: unverified, the eager ops instead
+    from zmlx.patch.patterns import conv_layer
+
+    model = tiny.build("lfm2", quantized=True, seed=12)
+    seq = tiny.tokens(10, seed=13)
+    want, _ = _run(model, seq, prefill=6)
+    calls = tiny.count_kernel_calls(monkeypatch, ["short_conv"])
+    monkeypatch.setattr(conv_layer, "target_for", lambda stream=None: backend)
+    patch(model, patterns=["conv_layer"], compile_blocks=False, verbose=False)
+    got, _ = _run(model, seq, prefill=6)
+    unpatch(model)
+    assert calls["short_conv"] == kernel_calls  # 2 conv layers x 4 one-token steps
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))

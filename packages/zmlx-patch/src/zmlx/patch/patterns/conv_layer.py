@@ -16,6 +16,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from zmlx import kernels as zk
+from zmlx.kernels.backend import target_for
+from zmlx.kernels.ops.conv import short_conv_reference
 
 from .. import _swap
 from ..families import ConvLayerSite
@@ -80,8 +82,10 @@ def _residual(layer: nn.Module, site: ConvLayerSite, x: mx.array, r: mx.array, f
 def step(layer: nn.Module, site: ConvLayerSite, x: mx.array, state: mx.array) -> tuple[mx.array, mx.array]:
     """Lfm2DecoderLayer.__call__ + ShortConv.__call__ at one token, for a cache that holds a state, no mask."""
     conv = layer.conv
-    y, new_state = zk.short_conv(conv.in_proj(layer.operator_norm(x)), state, conv.conv.weight,
-                                 conv.conv.get("bias"))
+    # The kernel reproduces MLX's CUDA convolution (checked on the H100). MLX's Metal convolution is a simdgroup-matrix
+    # GEMM whose accumulation order is not mirrored and no Apple GPU has checked it, so Metal runs the eager ops.
+    short_conv = short_conv_reference if target_for() == "metal" else zk.short_conv
+    y, new_state = short_conv(conv.in_proj(layer.operator_norm(x)), state, conv.conv.weight, conv.conv.get("bias"))
     return _residual(layer, site, x, conv.out_proj(y), fold=FOLD_RESIDUAL), new_state
 
 
