@@ -22,7 +22,7 @@ def _decode(model, seq: mx.array) -> list[mx.array]:
 
 
 def _traced(model) -> list[str]:
-    return [path for path, m in model.named_modules() if "_zmlx_compiled" in m.__dict__]
+    return tiny.traced_paths(model)
 
 
 @pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "q4"])

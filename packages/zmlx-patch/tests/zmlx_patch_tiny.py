@@ -129,6 +129,11 @@ def logits(model: nn.Module, toks: mx.array) -> mx.array:
     return out
 
 
+def traced_paths(model: nn.Module) -> list[str]:
+    """Module paths that hold a traced decode function (patch(compile_blocks=True))."""
+    return [path for path, m in model.named_modules() if "_zmlx_compiled" in m.__dict__]
+
+
 def count_kernel_calls(monkeypatch, names) -> dict[str, int]:
     """Wrap each named ``zmlx.kernels`` op in a counting spy (undone by ``monkeypatch``); returns the live counts."""
     import zmlx.kernels as zk

@@ -31,18 +31,19 @@ def token_count(x: mx.array) -> int:
     return x.size // x.shape[-1] if x.ndim else 1
 
 
-def compiled_fn(module: nn.Module, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
-    """The module's traced function, built on first use and dropped by ``restore``."""
+def compiled_fn(module: nn.Module, build: Callable[..., Callable[..., Any]], *args: Any) -> Callable[..., Any]:
+    """The module's traced function: ``build(*args)`` on first use (no closure made per decode step), dropped by
+    ``restore``."""
     fn = module.__dict__.get(_COMPILED)
     if fn is None:
-        fn = build()
+        fn = build(*args)
         object.__setattr__(module, _COMPILED, fn)
     return fn
 
 
-def _compiled_fn(module: nn.Module, site: Any, fused: FusedFn) -> Callable[[mx.array], mx.array]:
+def _trace_block(module: nn.Module, site: Any, fused: FusedFn) -> Callable[[mx.array], mx.array]:
     # inputs=module: its arrays are read at every call, so the traced graph never holds stale weights
-    return compiled_fn(module, lambda: mx.compile(lambda x: fused(module, site, x), inputs=module))
+    return mx.compile(lambda x: fused(module, site, x), inputs=module)
 
 
 def has_collectives(module: nn.Module) -> bool:
@@ -63,7 +64,7 @@ def patched_class(original: type, pattern: str, max_fused_tokens: int, site: Any
     def __call__(self, x, *args, **kwargs):
         if token_count(x) <= max_fused_tokens:
             if compiled and not args and not kwargs:
-                return _compiled_fn(self, site, fused)(x)
+                return compiled_fn(self, _trace_block, self, site, fused)(x)
             return fused(self, site, x, *args, **kwargs)
         return original_call(self, x, *args, **kwargs)
 

@@ -89,6 +89,11 @@ def step(layer: nn.Module, site: ConvLayerSite, x: mx.array, state: mx.array) ->
     return _residual(layer, site, x, conv.out_proj(y), fold=FOLD_RESIDUAL), new_state
 
 
+def _trace(layer: nn.Module, site: ConvLayerSite):
+    # inputs=layer: its arrays (the feed-forward's included) are read at every call, never stale
+    return mx.compile(lambda x, s: step(layer, site, x, s), inputs=layer)
+
+
 def _traceable(x: mx.array, cache: Any, mask: Any) -> bool:
     # one token, no mask, and a cache that already holds a state (mlx-lm's batched caches carry lengths/padding)
     return (x.ndim == 3 and x.shape[1] == 1 and mask is None and cache is not None
@@ -102,8 +107,7 @@ def fused(self: nn.Module, site: ConvLayerSite, x: mx.array, mask: Any = None, c
     if not _traceable(x, cache, mask):
         return _swap.original_class(self).__call__(self, x, mask, cache)
     if site.traced:
-        out, state = _swap.compiled_fn(self, lambda: mx.compile(lambda x, s: step(self, site, x, s), inputs=self))(
-            x, cache[0])
+        out, state = _swap.compiled_fn(self, _trace, self, site)(x, cache[0])
     else:
         out, state = step(self, site, x, cache[0])
     cache[0] = state
