@@ -12,8 +12,10 @@ minutes, gpt-oss-20b about 2): give the first call on a fresh host that time, or
 
 Config names join parts with '+': moe (moe_mlp), qk (qk_norm_rope), res (residual_norm), mlp (swiglu_mlp,
 geglu_mlp), conv (conv_layer), fuse (fuse_projections=True), eager (compile_blocks=False); 'stock' is the unpatched
-model, 'default' the model patched as users get it (patch() with no arguments); the part 'nofold' (default+nofold,
-moe+conv+nofold...) keeps conv_layer from folding the residual add into the expert launch.
+model, 'default' the model patched as users get it (patch() with no arguments). Switch parts turn one default-on
+fusion off, alone or after 'default' (default+nofold, moe+conv+norouter...): 'nofold' keeps conv_layer from
+folding the residual add into the expert launch, 'norouter' keeps moe_mlp's router projection out of the routing
+launch.
 """
 
 from __future__ import annotations
@@ -25,18 +27,21 @@ import time
 
 PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "mlp": ["swiglu_mlp", "geglu_mlp"],
          "conv": ["conv_layer"]}
+# switch part -> (pattern module, its module-level flag): the flag is False while a config naming the part runs
+SWITCHES = {"nofold": ("conv_layer", "FOLD_RESIDUAL"), "norouter": ("moe_mlp", "FUSE_ROUTER")}
 
 
 def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
     """'moe+qk+fuse' -> (patterns, patch kwargs); None for 'stock'; 'default' is patch() with no arguments."""
     if name == "stock":
         return None
-    if name in ("default", "default+nofold"):
+    parts = name.split("+")
+    if parts[0] == "default" and all(p in SWITCHES for p in parts[1:]):
         return None, {}
     patterns: list[str] = []
     kwargs = {"fuse_projections": False, "compile_blocks": True}
-    for part in name.split("+"):
-        if part == "nofold":  # conv_layer adds `h + moe` itself (for measuring the fold); applied in main()
+    for part in parts:
+        if part in SWITCHES:  # applied in main(), around this configuration's runs
             continue
         if part == "fuse":
             kwargs["fuse_projections"] = True
@@ -45,8 +50,17 @@ def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
         elif part in PARTS:
             patterns += PARTS[part]
         else:
-            raise SystemExit(f"ab_decode: unknown config part {part!r} in {name!r}; known: {sorted(PARTS)}, fuse, eager")
+            known = [*PARTS, "fuse", "eager", *SWITCHES]
+            raise SystemExit(f"ab_decode: unknown config part {part!r} in {name!r}; known: {', '.join(known)}")
     return patterns, kwargs
+
+
+def apply_switches(name: str) -> None:
+    """Set each switch's flag for configuration ``name`` (False where the name carries the switch part)."""
+    import importlib
+
+    for switch, (module, flag) in SWITCHES.items():
+        setattr(importlib.import_module(f"zmlx.patch.patterns.{module}"), flag, switch not in name.split("+"))
 
 
 def decode(model, prompt, n: int) -> tuple[list[int], float]:
@@ -75,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlx.core as mx
     from zmlx.patch import patch, unpatch
-    from zmlx.patch.patterns import conv_layer
     from zmlx.validate import load_model
 
     model, _, _ = load_model(args.model, cache_dir=args.cache_dir)
@@ -90,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         # rotate the order each round so no configuration always follows the same one
         for name in names[rnd % len(names):] + names[: rnd % len(names)]:
             cfg = configs[name]
-            conv_layer.FOLD_RESIDUAL = "nofold" not in name.split("+")
+            apply_switches(name)
             if cfg is not None:
                 patch(model, patterns=cfg[0], verbose=False, **cfg[1])
             try:

@@ -26,10 +26,11 @@ PROMPT_TOKENS = 128
 
 def _model(name: str, config: str, cache_dir: str | None):
     import mlx.core as mx
-    from ab_decode import parse_config
+    from ab_decode import apply_switches, parse_config
     from zmlx.validate import load_model
 
     model, _, _ = load_model(name, cache_dir=cache_dir)
+    apply_switches(config)
     if config == "default":
         from zmlx.patch import patch
 

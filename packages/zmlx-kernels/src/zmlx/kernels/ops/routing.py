@@ -125,18 +125,23 @@ def _fits(logits: mx.array, k: int) -> bool:
     return logits.dtype in _FLOATS and 1 <= k <= min(MAX_K, e) and e <= MAX_EXPERTS
 
 
-def _run(variant, logits, k, stream, *, wdtype, sum_dtype=None, soft_dtype=None, neg=False, renorm=False,
-         bias=None, eps=0.0, scale=1.0, n_group=1, topk_group=1):
-    backend = target_for(stream)
-    params = constant((eps, scale))
+def plan(variant, backend, dtype, experts, flat, k, *, wdtype, sum_dtype=None, soft_dtype=None, neg=False,
+         renorm=False, bias=None, eps=0.0, scale=1.0, n_group=1, topk_group=1):
+    """(template, threads per row, bias input, params input) of a routing launch; router.py shares it."""
     tmpl, tg = template(
-        variant, backend, dtype=logits.dtype, wdtype=wdtype, sum_dtype=sum_dtype or logits.dtype,
-        soft_dtype=soft_dtype or logits.dtype, experts=logits.shape[-1], k=k, neg=neg, renorm=renorm,
-        has_bias=bias is not None, scale=scale != 1.0, n_group=n_group, topk_group=topk_group,
-        flat=logits.ndim == 1,
+        variant, backend, dtype=dtype, wdtype=wdtype, sum_dtype=sum_dtype or dtype, soft_dtype=soft_dtype or dtype,
+        experts=experts, k=k, neg=neg, renorm=renorm, has_bias=bias is not None, scale=scale != 1.0,
+        n_group=n_group, topk_group=topk_group, flat=flat,
     )
-    rows = logits.size // logits.shape[-1]
     bias_in = _NO_BIAS if bias is None else bias.astype(mx.float32)
+    return tmpl, tg, bias_in, constant((eps, scale))
+
+
+def _run(variant, logits, k, stream, *, wdtype, **kw):
+    backend = target_for(stream)
+    tmpl, tg, bias_in, params = plan(variant, backend, logits.dtype, logits.shape[-1], logits.ndim == 1, k,
+                                     wdtype=wdtype, **kw)
+    rows = logits.size // logits.shape[-1]
     out_shape = (*logits.shape[:-1], k)
     inds, weights = launch(
         SPECS[variant], backend, inputs=(logits, bias_in, params), output_shapes=[out_shape, out_shape],

@@ -15,6 +15,7 @@ import mlx.nn as nn
 from mlx.nn.layers.distributed import sum_gradients
 from mlx_lm.models.switch_layers import SwitchGLU
 from zmlx import kernels as zk
+from zmlx.kernels.ops.router import VARIANTS as QUANTIZED_ROUTER_VARIANTS
 
 from ..families import Attr, MoeSite, XDtype
 from ._experts import fused_experts, plan_for
@@ -23,8 +24,14 @@ from ._structure import lookup, missing_modules
 SUMMARY = (
     "sparse MoE block: gating (zk routing op per family) and expert combine (zk.moe_combine) fused, the decode "
     "path traced by mx.compile (compile_blocks); with fused projections (fuse_projections), at one token the "
-    "quantized experts run as two launches (gate+up+act, down+combine)"
+    "quantized experts run as two launches (gate+up+act, down+combine); an affine-quantized router and its "
+    "routing run as one launch (zk.quantized_router)"
 )
+
+# An affine-quantized router's projection runs inside the routing launch (zk.quantized_router; bit-exact, one
+# launch fewer per MoE layer where the kernel applies). tools/gpu/ab_decode.py turns it off with the config part
+# "norouter" to measure it.
+FUSE_ROUTER = True
 
 
 def _arg_paths(site: MoeSite) -> list[str]:
@@ -89,6 +96,13 @@ def _route(self: nn.Module, site: MoeSite, x: mx.array) -> tuple[mx.array, mx.ar
             kwargs[name] = obj
         else:
             kwargs[name] = x.dtype if kind == _XDTYPE else value
+    router = lookup(self, site.router) if site.logits == "linear" else None
+    if (FUSE_ROUTER and isinstance(router, nn.QuantizedLinear) and router.mode == "affine"
+            and site.gating.op in QUANTIZED_ROUTER_VARIANTS):
+        # routing(router(x)) as QuantizedLinear computes the logits; the op falls back to exactly that elsewhere
+        return zk.quantized_router(x, (router.weight, router.scales, router.biases), group_size=router.group_size,
+                                   bits=router.bits, variant=site.gating.op,
+                                   router_bias=router["bias"] if "bias" in router else None, **kwargs)
     return getattr(zk, site.gating.op)(_logits(self, site, x), **kwargs)
 
 
