@@ -104,7 +104,7 @@ def test_launch_geometry_and_template(monkeypatch, e, k, variant, tg_expected):
     tb = seen["threadgroup"]
     # the routing part is the routing op's own template for logits of x's dtype
     assert tmpl["TG"] == tg_expected and tmpl["E"] == e and tmpl["K"] == k and tmpl["T"] == mx.bfloat16
-    assert tb % 32 == 0 and tb >= tmpl["TG"] and tb <= 1024 and seen["threads"] == tb
+    assert tb % 32 == 0 and tb >= tmpl["TG"] and tb <= max(256, tmpl["TG"]) and seen["threads"] == tb
     assert tmpl["R"] * (tb // 32) >= min(e, 4 * (tb // 32))  # every expert row has a warp (in at most ceil passes)
     assert tmpl["A"] == mx.float32 and tmpl["BITS"] == 8 and tmpl["QGS"] == 64 and tmpl["HAS_RBIAS"] is False
     assert seen["spec"] is RT.SPECS[variant]

@@ -26,6 +26,7 @@ from .moe_experts import Quant, mlx_numerics
 from .moe_experts_kernels import _QUANT_HELPERS
 from .routing_kernels import _EXAMPLE, _HEADER, MAX_EXPERTS, MAX_K, MODES, _body
 
+_MAX_THREADS = 256
 VARIANTS = ("softmax_topk", "topk_softmax", "sigmoid_topk")
 _REFS = {"softmax_topk": R.softmax_topk_reference, "topk_softmax": R.topk_softmax_reference,
          "sigmoid_topk": R.sigmoid_topk_reference}
@@ -161,7 +162,9 @@ def _launch(variant, x, router, router_bias, k, group_size, bits, stream, *, ren
         args = dict(wdtype=out_dtype or dt, neg=neg_select, renorm=renormalize, bias=bias, eps=eps, scale=scale)
     experts = router[0].shape[0]
     tmpl, tg, bias_in, params = R.plan(variant, "cuda", dt, experts, x.ndim == 1, k, **args)
-    tb = max(tg, min(1024, 32 * experts))  # one warp per expert row, up to 32 warps
+    # one warp per expert row, up to 8 warps: at 1024 threads the launch fails on the H100 (register file:
+    # "too many resources requested"), 256 leaves the compiler its 255 registers a thread
+    tb = max(tg, min(_MAX_THREADS, 32 * experts))
     rows_per_warp = min(4, -(-experts // (tb // 32)))
     rows = x.size // x.shape[-1]
     out_shape = (*x.shape[:-1], k)
