@@ -1,0 +1,99 @@
+"""Device and host cost of zk.quantized_router against its two-launch form, at the decode shapes of four models.
+
+  python3 tools/gpu/router_cost.py                      # host: synchronised latency per call, both forms
+  ncu --metrics gpu__time_duration.sum --csv --log-file r.csv python3 tools/gpu/router_cost.py --calls 20
+  python3 tools/gpu/router_cost.py --summarize r.csv    # device: median us per kernel name
+
+Fused = one zmlx launch (router projection + routing). Split = MLX's quantized_matmul (qmv; + bias for gpt-oss)
+then the zmlx routing kernel, i.e. what moe_mlp ran before quantized_router.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from collections import defaultdict
+
+# (model, experts, hidden, k, variant, router bias, gating keyword arguments)
+SHAPES = (
+    ("qwen3-30b-a3b", 128, 2048, 8, "softmax_topk", False, dict(renormalize=True)),
+    ("lfm2-8b-a1b", 32, 2048, 4, "sigmoid_topk", False, dict(renormalize=True, eps=1e-6, scale=1.0)),
+    ("gpt-oss-20b", 32, 2880, 4, "topk_softmax", True, dict()),
+    ("mixtral-8x7b", 8, 4096, 2, "topk_softmax", False, dict(neg_select=True)),
+)
+
+
+def _forms(e, d, k, variant, rbias, kw):
+    import mlx.core as mx
+    from zmlx.kernels.ops import router as RT
+    from zmlx.kernels.ops import routing as R
+
+    x, q, b = RT.make_case(e, d, 64, 8, rbias, 1, mx.random.key(e + d))
+    if variant == "sigmoid_topk":
+        kw = dict(kw, bias=R.tied_logits((e,), mx.float32, mx.random.key(1), levels=8.0) / 4)
+    args = dict(group_size=64, bits=8, variant=variant, k=k, router_bias=b, **kw)
+    op = getattr(R, variant)
+
+    def fused():
+        return RT.quantized_router(x, q, **args)
+
+    def split():
+        return op(RT.router_logits(x, q, group_size=64, bits=8, router_bias=b), k, **kw)
+
+    return fused, split
+
+
+def run(calls: int, host_reps: int) -> None:
+    import time
+
+    import mlx.core as mx
+
+    for model, e, d, k, variant, rbias, kw in SHAPES:
+        fused, split = _forms(e, d, k, variant, rbias, kw)
+        f, s = fused(), split()
+        mx.eval(f, s)
+        same = all(mx.array_equal(a, b).item() for a, b in zip(f, s, strict=True))
+        line = [f"{model:<14} E{e:<4} D{d:<5} k{k}  fused == split: {same}"]
+        for name, fn in (("fused", fused), ("split", split)):
+            for _ in range(calls):  # what ncu profiles
+                mx.eval(fn())
+            ts = []
+            for _ in range(host_reps):
+                t0 = time.perf_counter()
+                mx.eval(fn())
+                ts.append((time.perf_counter() - t0) * 1e6)
+            line.append(f"{name} {statistics.median(ts):6.1f} us/call synced")
+        print("  ".join(line), flush=True)
+
+
+def summarize(path: str) -> None:
+    by_name: dict[str, list[float]] = defaultdict(list)
+    with open(path) as fh:
+        rows = [r for r in csv.reader(fh) if len(r) > 5]
+    head = rows[0]
+    ki, vi, ui = head.index("Kernel Name"), head.index("Metric Value"), head.index("Metric Unit")
+    for r in rows[1:]:
+        v = float(r[vi].replace(",", ""))
+        by_name[r[ki][:60]].append(v / 1000 if r[ui] == "nsecond" else v)
+    print("| kernel | launches | median us |\n|---|---|---|")
+    for name, vs in by_name.items():
+        print(f"| `{name}` | {len(vs)} | {statistics.median(vs):.2f} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--calls", type=int, default=20, help="calls of each form per shape (what ncu sees)")
+    p.add_argument("--host-reps", type=int, default=200)
+    p.add_argument("--summarize", metavar="CSV", help="summarise an ncu --csv log instead of running")
+    args = p.parse_args(argv)
+    if args.summarize:
+        summarize(args.summarize)
+    else:
+        run(args.calls, args.host_reps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
