@@ -23,7 +23,6 @@ from ..emit import KernelSpec, Param
 from . import routing as R
 from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64
 from .moe_experts import Quant, mlx_numerics
-from .moe_experts_kernels import _QUANT_HELPERS
 from .routing_kernels import _EXAMPLE, _HEADER, MAX_EXPERTS, MAX_K, MODES, _body
 
 _MAX_THREADS = 256
@@ -38,31 +37,51 @@ _LOGITS_LINE = "  const auto x = logits + size_t(row) * E;\n"
 _PROJECTION = """\
   // Router projection, MLX's qmv numerics per row: lane owns EPT consecutive k per step, accumulators in A
   // (bf16 at 4 bits, float at 8), lane total from +0 in order, butterfly 16..1, one rounding to T, + bias.
-  // Each warp runs R rows at once so their loads are in flight together.
+  // Each warp runs R rows at once; every load of a step (x, then each row's words, scale, bias) is issued before
+  // its first fma, so one SM keeps R x (WPT + 2) loads per lane in flight. Rows past E reload row E-1 (no branch); only
+  // rows < E are written.
   ZM_SHARED T sh_logits[E];
   {
+    constexpr int PER = 32 / BITS;
+    constexpr int EPT = BITS == 4 ? 16 : 8;
+    constexpr int WPT = EPT / PER;  // words per lane per step
     const int KW = rw_shape[rw_ndim - 1];
-    const int KD = KW * (32 / BITS);
+    const int KD = KW * PER;
     const int G = KD / QGS;
     const int NWB = int(zm_bdim / 32u);
-    constexpr int EPT = BITS == 4 ? 16 : 8;
     const auto xr = hidden + size_t(row) * size_t(KD);
     for (int e0 = w; e0 < E; e0 += NWB * R) {
       A acc[R][EPT];
-      for (int r = 0; r < R; ++r) for (int i = 0; i < EPT; ++i) acc[r][i] = A(0.0f);
-#pragma unroll 4
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) acc[r][i] = A(0.0f);
+      }
       for (int k0 = lane * EPT; k0 < KD; k0 += 32 * EPT) {
+        T xv[EPT];
+        uint32_t wv[R][WPT];
+        T sv[R], bv[R];
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) xv[i] = xr[k0 + i];
+#pragma unroll
         for (int r = 0; r < R; ++r) {
-          const int e = e0 + r * NWB;
-          if (e < E) {  // warp-uniform
-            const auto wr = rw + size_t(e) * size_t(KW);
-            const T s = rs[size_t(e) * G + k0 / QGS], b = rb[size_t(e) * G + k0 / QGS];
-            for (int i = 0; i < EPT; ++i) {
-              acc[r][i] = zm_fma(A(float(xr[k0 + i])), A(float(zm_fma(T(float(ZM_Q(wr, k0 + i))), s, b))), acc[r][i]);
-            }
+          const int e = e0 + r * NWB < E ? e0 + r * NWB : E - 1;
+          const size_t gi = size_t(e) * G + k0 / QGS;
+#pragma unroll
+          for (int j = 0; j < WPT; ++j) wv[r][j] = rw[size_t(e) * size_t(KW) + k0 / PER + j];
+          sv[r] = rs[gi];
+          bv[r] = rb[gi];
+        }
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+#pragma unroll
+          for (int i = 0; i < EPT; ++i) {
+            const uint32_t q = (wv[r][i / PER] >> ((i % PER) * BITS)) & ((1u << BITS) - 1u);
+            acc[r][i] = zm_fma(A(float(xv[i])), A(float(zm_fma(T(float(q)), sv[r], bv[r]))), acc[r][i]);
           }
         }
       }
+#pragma unroll
       for (int r = 0; r < R; ++r) {
         const int e = e0 + r * NWB;
         float tot = 0.0f;
@@ -96,7 +115,7 @@ def _spec(variant: str) -> KernelSpec:
                 Param("bias", "float"), Param("params", "float")),
         outputs=(Param("inds", "uint32_t"), Param("weights", "W")),
         body=_router_body(MODES[variant]),
-        header=_QUANT_HELPERS + _HEADER,
+        header=_HEADER,
         templates=(*_EXAMPLE, ("A", "float"), ("BITS", 8), ("QGS", 64), ("HAS_RBIAS", False), ("R", 2)),
     )
 
@@ -165,7 +184,8 @@ def _launch(variant, x, router, router_bias, k, group_size, bits, stream, *, ren
     # one warp per expert row, up to 8 warps: at 1024 threads the launch fails on the H100 (register file:
     # "too many resources requested"), 256 leaves the compiler its 255 registers a thread
     tb = max(tg, min(_MAX_THREADS, 32 * experts))
-    rows_per_warp = min(4, -(-experts // (tb // 32)))
+    # rows a warp runs at once: float accumulators at 8 bits (8 x 8 registers), bf16 ones at 4 (4 x 16)
+    rows_per_warp = min(8 if bits == 8 else 4, -(-experts // (tb // 32)))
     rows = x.size // x.shape[-1]
     out_shape = (*x.shape[:-1], k)
     has_rbias = router_bias is not None
