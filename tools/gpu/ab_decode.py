@@ -13,9 +13,9 @@ minutes, gpt-oss-20b about 2): give the first call on a fresh host that time, or
 Config names join parts with '+': moe (moe_mlp), qk (qk_norm_rope), res (residual_norm), mlp (swiglu_mlp,
 geglu_mlp), conv (conv_layer), fuse (fuse_projections=True), eager (compile_blocks=False); 'stock' is the unpatched
 model, 'default' the model patched as users get it (patch() with no arguments). Switch parts turn one default-on
-fusion off, alone or after 'default' (default+nofold, moe+conv+norouter...): 'nofold' keeps conv_layer from
-folding the residual add into the expert launch, 'norouter' keeps moe_mlp's router projection out of the routing
-launch.
+fusion off or one opt-in fusion on, alone or after 'default' (default+nofold, moe+conv+router...): 'nofold' keeps
+conv_layer from folding the residual add into the expert launch, 'router' runs moe_mlp's router projection inside
+the routing launch (zk.quantized_router).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import time
 
 PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "mlp": ["swiglu_mlp", "geglu_mlp"],
          "conv": ["conv_layer"]}
-# switch part -> (pattern module, its module-level flag): the flag is False while a config naming the part runs
-SWITCHES = {"nofold": ("conv_layer", "FOLD_RESIDUAL"), "norouter": ("moe_mlp", "FUSE_ROUTER")}
+# switch part -> (pattern module, its module-level flag, the flag's value while a config naming the part runs;
+# the opposite otherwise)
+SWITCHES = {"nofold": ("conv_layer", "FOLD_RESIDUAL", False), "router": ("moe_mlp", "FUSE_ROUTER", True)}
 
 
 def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
@@ -56,11 +57,11 @@ def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
 
 
 def apply_switches(name: str) -> None:
-    """Set each switch's flag for configuration ``name`` (False where the name carries the switch part)."""
+    """Set each switch's flag for configuration ``name``."""
     import importlib
 
-    for switch, (module, flag) in SWITCHES.items():
-        setattr(importlib.import_module(f"zmlx.patch.patterns.{module}"), flag, switch not in name.split("+"))
+    for switch, (module, flag, on) in SWITCHES.items():
+        setattr(importlib.import_module(f"zmlx.patch.patterns.{module}"), flag, on == (switch in name.split("+")))
 
 
 def decode(model, prompt, n: int) -> tuple[list[int], float]:

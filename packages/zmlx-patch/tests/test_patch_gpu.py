@@ -23,6 +23,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 from zmlx.kernels.backend import gpu_backend
 from zmlx.patch import patch, unpatch
+from zmlx.patch.patterns import moe_mlp
 from zmlx.patch.registry import FAMILIES
 
 pytestmark = [
@@ -33,7 +34,7 @@ N_TOKENS = 100  # the issue asks for 100+ greedy tokens per MoE family
 N_LOGIT_STEPS = 24
 OPS = tuple(name for name in ("swiglu", "geglu", "moe_combine", "moe_gate_up", "moe_down_combine", "softmax_topk",
                               "topk_softmax", "sigmoid_topk", "grouped_sigmoid_topk", "qk_norm_rope", "add_rms_norm",
-                              "short_conv")
+                              "short_conv", "quantized_router")
             if hasattr(zk, name))
 
 
@@ -75,9 +76,10 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 
 # default: patch()'s defaults, so on CUDA the per-family fuse_projections (registry.FUSE_ON_CUDA); unfused and
 # fuse_projections force it either way; eager: no mx.compile tracing; residual_norm: the defaults plus the opt-in
-# residual_norm, where a family has it
+# residual_norm, where a family has it; quantized_router: the defaults with moe_mlp's router projection fused into
+# the routing launch (off by default: slower on the device, docs/perf-notes.md v7), MoE families only
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
-         "eager": {"compile_blocks": False}, "residual_norm": {}}
+         "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -87,6 +89,10 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
     spec = spec or FAMILIES["llama"]
     if mode == "residual_norm" and "residual_norm" not in spec.sites:
         pytest.skip(f"{family} has no residual_norm site")
+    if mode == "quantized_router":
+        if "moe_mlp" not in spec.sites:
+            pytest.skip(f"{family} has no MoE block")
+        monkeypatch.setattr(moe_mlp, "FUSE_ROUTER", True)
     model = models(family)
     prompt = tiny.tokens(6)[0]
     seq = tiny.tokens(N_LOGIT_STEPS, seed=5)
@@ -108,6 +114,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         got = _greedy(model, prompt, N_TOKENS)
         got_logits = _decode_logits(model, seq)
         monkeypatch.undo()
+        if mode == "quantized_router":
+            assert calls["quantized_router"] > 0, f"{family}: the router projection was not fused"
     finally:
         restored = unpatch(model)
     assert restored == result.total, f"{family}: unpatch restored {restored} of {result.total} modules"

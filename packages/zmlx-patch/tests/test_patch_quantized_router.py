@@ -1,5 +1,6 @@
-"""moe_mlp routes through zk.quantized_router (router projection + routing, one launch on CUDA) exactly where the
-router is an affine-quantized ``QuantizedLinear``; the block's output is the unpatched one (on the CPU, bit for bit)."""
+"""With ``moe_mlp.FUSE_ROUTER`` (off by default: slower on the H100's device, docs/perf-notes.md v7), moe_mlp routes
+through zk.quantized_router (router projection + routing, one launch on CUDA) exactly where the router is an
+affine-quantized ``QuantizedLinear``; the block's output is the unpatched one (on the CPU, bit for bit)."""
 
 import mlx.core as mx
 import pytest
@@ -8,8 +9,13 @@ from zmlx.patch import patch, unpatch
 from zmlx.patch.patterns import moe_mlp
 
 
-def _spy(monkeypatch):
+def _spy(monkeypatch, fuse_router: bool = True):
+    monkeypatch.setattr(moe_mlp, "FUSE_ROUTER", fuse_router)
     return tiny.count_kernel_calls(monkeypatch, ("quantized_router",))
+
+
+def test_off_by_default():
+    assert moe_mlp.FUSE_ROUTER is False
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss", "mixtral", "lfm2_moe"])
@@ -29,8 +35,7 @@ def test_switch_off_routes_the_logits_as_before(monkeypatch):
     model = tiny.build("qwen3_moe", quantized=True)
     one = tiny.tokens(1)
     want = model(one)
-    calls = _spy(monkeypatch)
-    monkeypatch.setattr(moe_mlp, "FUSE_ROUTER", False)
+    calls = _spy(monkeypatch, fuse_router=False)
     patch(model, verbose=False)
     assert mx.array_equal(model(one), want).item()
     assert calls["quantized_router"] == 0

@@ -24,14 +24,14 @@ from ._structure import lookup, missing_modules
 SUMMARY = (
     "sparse MoE block: gating (zk routing op per family) and expert combine (zk.moe_combine) fused, the decode "
     "path traced by mx.compile (compile_blocks); with fused projections (fuse_projections), at one token the "
-    "quantized experts run as two launches (gate+up+act, down+combine); an affine-quantized router and its "
-    "routing run as one launch (zk.quantized_router)"
+    "quantized experts run as two launches (gate+up+act, down+combine)"
 )
 
-# An affine-quantized router's projection runs inside the routing launch (zk.quantized_router; bit-exact, one
-# launch fewer per MoE layer where the kernel applies). tools/gpu/ab_decode.py turns it off with the config part
-# "norouter" to measure it.
-FUSE_ROUTER = True
+# An affine-quantized router's projection can run inside the routing launch (zk.quantized_router; bit-exact, one
+# launch fewer per MoE layer). Off: one block computing the projection is slower on the H100 than MLX's qmv plus
+# the routing kernel (17.8-49 us against 15.5-19.4, docs/perf-notes.md v7) and no decode A/B showed a gain.
+# tools/gpu/ab_decode.py turns it on with the config part "router".
+FUSE_ROUTER = False
 
 
 def _arg_paths(site: MoeSite) -> list[str]:
