@@ -22,6 +22,7 @@ from ..backend import launch, target_for
 from ..emit import KernelSpec, Param
 from . import routing as R
 from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64
+from ._qmv import qmv_rows, rows_per_warp
 from .moe_experts import Quant, mlx_numerics
 from .routing_kernels import _EXAMPLE, _HEADER, MAX_EXPERTS, MAX_K, MODES, _body
 
@@ -34,70 +35,17 @@ _OPS = {"softmax_topk": R.softmax_topk, "topk_softmax": R.topk_softmax, "sigmoid
 # The routing body reads its logits row through `x`; here `x` is the shared row the projection below fills.
 _LOGITS_LINE = "  const auto x = logits + size_t(row) * E;\n"
 
+# Router projection (_qmv.py: MLX's qmv numerics per row), + bias as its own rounding, into a shared row.
 _PROJECTION = """\
-  // Router projection, MLX's qmv numerics per row: lane owns EPT consecutive k per step, accumulators in A
-  // (bf16 at 4 bits, float at 8), lane total from +0 in order, butterfly 16..1, one rounding to T, + bias.
-  // Each warp runs R rows at once; every load of a step (x, then each row's words, scale, bias) is issued before
-  // its first fma, so one SM keeps R x (WPT + 2) loads per lane in flight. Rows past E reload row E-1 (no branch); only
-  // rows < E are written.
   ZM_SHARED T sh_logits[E];
-  {
-    constexpr int PER = 32 / BITS;
-    constexpr int EPT = BITS == 4 ? 16 : 8;
-    constexpr int WPT = EPT / PER;  // words per lane per step
-    const int KW = rw_shape[rw_ndim - 1];
-    const int KD = KW * PER;
-    const int G = KD / QGS;
-    const int NWB = int(zm_bdim / 32u);
-    const auto xr = hidden + size_t(row) * size_t(KD);
-    for (int e0 = w; e0 < E; e0 += NWB * R) {
-      A acc[R][EPT];
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-#pragma unroll
-        for (int i = 0; i < EPT; ++i) acc[r][i] = A(0.0f);
-      }
-      // unrolled so 4 steps' loads are in flight together (v2 waited one memory latency per step: 49 us at
-      // qwen3's 16 steps per warp)
-#pragma unroll 4
-      for (int k0 = lane * EPT; k0 < KD; k0 += 32 * EPT) {
-        T xv[EPT];
-        uint32_t wv[R][WPT];
-        T sv[R], bv[R];
-#pragma unroll
-        for (int i = 0; i < EPT; ++i) xv[i] = xr[k0 + i];
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const int e = e0 + r * NWB < E ? e0 + r * NWB : E - 1;
-          const size_t gi = size_t(e) * G + k0 / QGS;
-#pragma unroll
-          for (int j = 0; j < WPT; ++j) wv[r][j] = rw[size_t(e) * size_t(KW) + k0 / PER + j];
-          sv[r] = rs[gi];
-          bv[r] = rb[gi];
-        }
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-#pragma unroll
-          for (int i = 0; i < EPT; ++i) {
-            const uint32_t q = (wv[r][i / PER] >> ((i % PER) * BITS)) & ((1u << BITS) - 1u);
-            acc[r][i] = zm_fma(A(float(xv[i])), A(float(zm_fma(T(float(q)), sv[r], bv[r]))), acc[r][i]);
-          }
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const int e = e0 + r * NWB;
-        float tot = 0.0f;
-        for (int i = 0; i < EPT; ++i) tot = zm_fadd(tot, float(acc[r][i]));
-        for (int o = 16; o > 0; o /= 2) tot = zm_fadd(tot, zm_shfl_xor(tot, o));
-        if (lane == 0 && e < E) {
-          T g = T(tot);
-          if (HAS_RBIAS) g = zm_add_rn(g, rbias[e]);
-          sh_logits[e] = g;
-        }
-      }
-    }
-  }
+  ZM_DEVICE const uint32_t* qmv_w = rw;
+  ZM_DEVICE const T* qmv_s = rs;
+  ZM_DEVICE const T* qmv_b = rb;
+  const int qmv_kw = rw_shape[rw_ndim - 1];
+  ZM_DEVICE const T* qmv_x = hidden + size_t(row) * size_t(qmv_kw * (32 / BITS));
+  const int qmv_rows = E;
+  const int qmv_row0 = 0;
+""" + qmv_rows("if (HAS_RBIAS) g = zm_add_rn(g, rbias[e]);\n          sh_logits[e] = g;") + """\
   ZM_BARRIER();
   const auto x = sh_logits;
 """
@@ -187,8 +135,7 @@ def _launch(variant, x, router, router_bias, k, group_size, bits, stream, *, ren
     # one warp per expert row, up to 8 warps: at 1024 threads the launch fails on the H100 (register file:
     # "too many resources requested"), 256 leaves the compiler its 255 registers a thread
     tb = max(tg, min(_MAX_THREADS, 32 * experts))
-    # rows a warp runs at once: float accumulators at 8 bits (8 x 8 registers), bf16 ones at 4 (4 x 16)
-    rows_per_warp = min(8 if bits == 8 else 4, -(-experts // (tb // 32)))
+    rpw = rows_per_warp(bits, experts, tb // 32)
     rows = x.size // x.shape[-1]
     out_shape = (*x.shape[:-1], k)
     has_rbias = router_bias is not None
@@ -198,7 +145,7 @@ def _launch(variant, x, router, router_bias, k, group_size, bits, stream, *, ren
         output_shapes=[out_shape, out_shape], output_dtypes=[mx.uint32, args["wdtype"]],
         threads=rows * tb, threadgroup=tb,
         template=[*tmpl, ("A", mx.float32 if bits == 8 else dt), ("BITS", bits), ("QGS", group_size),
-                  ("HAS_RBIAS", has_rbias), ("R", rows_per_warp)],
+                  ("HAS_RBIAS", has_rbias), ("R", rpw)],
         stream=stream,
     )
     return inds, weights
