@@ -15,7 +15,8 @@ geglu_mlp), conv (conv_layer), fuse (fuse_projections=True), eager (compile_bloc
 model, 'default' the model patched as users get it (patch() with no arguments). Switch parts turn one default-on
 fusion off or one opt-in fusion on, alone or after 'default' (default+nofold, moe+conv+router...): 'nofold' keeps
 conv_layer from folding the residual add into the expert launch, 'router' runs moe_mlp's router projection inside
-the routing launch (zk.quantized_router).
+the routing launch (zk.quantized_router), 'qkv' the q/k/v projections inside the q/k norm + RoPE launch
+(zk.qkv_norm_rope).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "
          "conv": ["conv_layer"]}
 # switch part -> (pattern module, its module-level flag, the flag's value while a config naming the part runs;
 # the opposite otherwise)
-SWITCHES = {"nofold": ("conv_layer", "FOLD_RESIDUAL", False), "router": ("moe_mlp", "FUSE_ROUTER", True)}
+SWITCHES = {"nofold": ("conv_layer", "FOLD_RESIDUAL", False), "router": ("moe_mlp", "FUSE_ROUTER", True),
+            "qkv": ("qk_norm_rope", "FUSE_QKV", True)}
 
 
 def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:

@@ -24,7 +24,7 @@ from mlx_lm.sample_utils import make_sampler
 from zmlx.kernels.backend import gpu_backend
 from zmlx.patch import patch, unpatch
 from zmlx.kernels.ops.router import VARIANTS as ROUTER_VARIANTS
-from zmlx.patch.patterns import moe_mlp
+from zmlx.patch.patterns import moe_mlp, qk_norm_rope
 from zmlx.patch.registry import FAMILIES
 
 pytestmark = [
@@ -35,7 +35,7 @@ N_TOKENS = 100  # the issue asks for 100+ greedy tokens per MoE family
 N_LOGIT_STEPS = 24
 OPS = tuple(name for name in ("swiglu", "geglu", "moe_combine", "moe_gate_up", "moe_down_combine", "softmax_topk",
                               "topk_softmax", "sigmoid_topk", "grouped_sigmoid_topk", "qk_norm_rope", "add_rms_norm",
-                              "short_conv", "quantized_router")
+                              "short_conv", "quantized_router", "qkv_norm_rope")
             if hasattr(zk, name))
 
 
@@ -78,9 +78,10 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 # default: patch()'s defaults, so on CUDA the per-family fuse_projections (registry.FUSE_ON_CUDA); unfused and
 # fuse_projections force it either way; eager: no mx.compile tracing; residual_norm: the defaults plus the opt-in
 # residual_norm, where a family has it; quantized_router: the defaults with moe_mlp's router projection fused into
-# the routing launch (off by default: slower on the device, docs/perf-notes.md v7), MoE families only
+# the routing launch (off by default: slower on the device, docs/perf-notes.md v7), MoE families only; qkv: the
+# defaults with the q/k/v projections inside the qk_norm_rope launch (off by default: not yet run on a GPU)
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
-         "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {}}
+         "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {}, "qkv": {}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -96,6 +97,10 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
             # deepseek_v3 / glm4_moe (x @ weight.T, grouped routing), minimax (float32 router input): nothing to fuse
             pytest.skip(f"{family} has no MoE router the quantized_router op takes")
         monkeypatch.setattr(moe_mlp, "FUSE_ROUTER", True)
+    if mode == "qkv":
+        if "qk_norm_rope" not in spec.sites:
+            pytest.skip(f"{family} has no qk_norm_rope attention")
+        monkeypatch.setattr(qk_norm_rope, "FUSE_QKV", True)
     model = models(family)
     prompt = tiny.tokens(6)[0]
     seq = tiny.tokens(N_LOGIT_STEPS, seed=5)
@@ -119,6 +124,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         monkeypatch.undo()
         if mode == "quantized_router":
             assert calls["quantized_router"] > 0, f"{family}: the router projection was not fused"
+        if mode == "qkv":
+            assert calls["qkv_norm_rope"] > 0, f"{family}: the q/k/v projections were not fused"
     finally:
         restored = unpatch(model)
     assert restored == result.total, f"{family}: unpatch restored {restored} of {result.total} modules"

@@ -16,6 +16,7 @@ from .ops.combine import moe_combine  # noqa: E402
 from .ops.conv import short_conv  # noqa: E402
 from .ops.moe_experts import dense_gate_up, moe_down_combine, moe_gate_up  # noqa: E402
 from .ops.norms import add_rms_norm  # noqa: E402
+from .ops.qkv import qkv_norm_rope  # noqa: E402
 from .ops.router import quantized_router  # noqa: E402
 from .ops.routing import grouped_sigmoid_topk, sigmoid_topk, softmax_topk, topk_softmax  # noqa: E402
 
@@ -34,6 +35,7 @@ __all__ = [
     "moe_down_combine",
     "moe_gate_up",
     "qk_norm_rope",
+    "qkv_norm_rope",
     "quantized_router",
     "short_conv",
     "sigmoid_topk",

@@ -49,27 +49,9 @@ def _log2f(base: float) -> float:
     return float(np.float32(math.log2(float(np.float32(base)))))
 
 
-# One threadgroup per (token, head) row, q rows first. Normalise into shared memory (rounded to T, as the
-# rms_norm primitive's output is), then each thread rotates pairs and writes them at (b, h, l, :).
-_BODY = """\
-  const int rows = meta[1];     // B * L * (HQ + HK)
-  const int L = meta[2];
-  const int row = int(zm_bid);
-  if (row >= rows) return;
-  ZM_SHARED float rms_partial[32];
-  ZM_SHARED T nrm[HD];
-  const int per_token = HQ + HK;
-  const int token = row / per_token;          // b * L + l
-  const int head = row % per_token;
-  const bool is_q = head < HQ;
-  const int h = is_q ? head : head - HQ;
-  const int H = is_q ? HQ : HK;
-  const int b = token / L;
-  const int l = token % L;
-  const int D = HD;
-  ZM_DEVICE const T* src = is_q ? q + (token * HQ + h) * HD : k + (token * HK + h) * HD;
-  ZM_DEVICE const T* w = is_q ? q_weight : k_weight;
-""" + RMS_SUM_OF_SQUARES + """\
+# After the sum of squares: normalise the row into shared memory (rounded to T, as the rms_norm primitive's output
+# is), then rotate pairs and write them at (b, h, l, :). Shared with qkv.py, which projects the row first.
+NORM_ROPE = """\
   const float inv = zm_rsqrt(ss / float(D) + (is_q ? params[0] : params[1]));
   for (int i = 0; i < NCH; ++i) {
     for (int j = 0; j < NR; ++j) {
@@ -96,6 +78,28 @@ _BODY = """\
     dst[i2] = static_cast<T>(rx2);
   }
 """
+
+# One threadgroup per (token, head) row, q rows first. Normalise into shared memory (rounded to T, as the
+# rms_norm primitive's output is), then each thread rotates pairs and writes them at (b, h, l, :).
+_BODY = """\
+  const int rows = meta[1];     // B * L * (HQ + HK)
+  const int L = meta[2];
+  const int row = int(zm_bid);
+  if (row >= rows) return;
+  ZM_SHARED float rms_partial[32];
+  ZM_SHARED T nrm[HD];
+  const int per_token = HQ + HK;
+  const int token = row / per_token;          // b * L + l
+  const int head = row % per_token;
+  const bool is_q = head < HQ;
+  const int h = is_q ? head : head - HQ;
+  const int H = is_q ? HQ : HK;
+  const int b = token / L;
+  const int l = token % L;
+  const int D = HD;
+  ZM_DEVICE const T* src = is_q ? q + (token * HQ + h) * HD : k + (token * HK + h) * HD;
+  ZM_DEVICE const T* w = is_q ? q_weight : k_weight;
+""" + RMS_SUM_OF_SQUARES + NORM_ROPE
 
 SPEC = KernelSpec(
     name="qk_norm_rope",

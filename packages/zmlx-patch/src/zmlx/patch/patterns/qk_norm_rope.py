@@ -20,6 +20,18 @@ from ._structure import missing_modules
 
 SUMMARY = "attention: per-head q/k RMSNorm + RoPE in one launch (zk.qk_norm_rope), output in the cache's layout"
 
+# With affine-quantized q/k/v projections (no bias, one group size and width), the projections can run inside the
+# same launch (zk.qkv_norm_rope: 3 qmv launches, 6 reshapes/transposes and the norm+RoPE launch become one).
+# Off: written without a GPU at hand, not yet compared or timed there; tools/gpu/ab_decode.py's config part "qkv"
+# turns it on to measure it.
+FUSE_QKV = False
+
+
+def _quantized_qkv(module: nn.Module) -> bool:
+    projs = [module.q_proj, module.k_proj, module.v_proj]
+    return (all(isinstance(p, nn.QuantizedLinear) and p.mode == "affine" and "bias" not in p for p in projs)
+            and len({(p.group_size, p.bits) for p in projs}) == 1)
+
 
 def check(module: nn.Module, site: AttentionSite) -> str | None:
     reason = missing_modules(module, ("q_proj", "k_proj", "v_proj", site.out, site.q_norm, site.k_norm, "rope"))
@@ -43,14 +55,29 @@ def fused(self: nn.Module, site: AttentionSite, x: mx.array, mask: Any = None, c
     if type(offset) is not int:
         return original_class(self).__call__(self, x, mask, cache)
     B, L, _ = x.shape
-    queries, keys, values = self.q_proj(x), self.k_proj(x), self.v_proj(x)
     q_norm, k_norm, rope = self[site.q_norm], self[site.k_norm], self.rope
+    if FUSE_QKV and _quantized_qkv(self):
+        qp, kp, vp = self.q_proj, self.k_proj, self.v_proj
+        queries, keys, values = zk.qkv_norm_rope(
+            x, (qp.weight, qp.scales, qp.biases), (kp.weight, kp.scales, kp.biases), (vp.weight, vp.scales, vp.biases),
+            q_norm["weight"], k_norm["weight"], q_norm.eps, k_norm.eps, n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads, group_size=qp.group_size, bits=qp.bits,
+            offset=offset, base=rope.base, scale=rope.scale, traditional=rope.traditional,
+        )
+        return _attend(self, site, queries, keys, values, mask, cache)
+    queries, keys, values = self.q_proj(x), self.k_proj(x), self.v_proj(x)
     queries, keys = zk.qk_norm_rope(
         queries.reshape(B, L, self.n_heads, -1), keys.reshape(B, L, self.n_kv_heads, -1),
         q_norm["weight"], k_norm["weight"], q_norm.eps, k_norm.eps,
         offset=offset, base=rope.base, scale=rope.scale, traditional=rope.traditional,
     )
     values = values.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+    return _attend(self, site, queries, keys, values, mask, cache)
+
+
+def _attend(self: nn.Module, site: AttentionSite, queries, keys, values, mask: Any, cache: Any) -> mx.array:
+    """The block's own code after q/k/v are in the cache's (B, H, L, D) layout."""
+    B, _, L, _ = queries.shape
     if cache is not None:
         keys, values = cache.update_and_fetch(keys, values)
     output = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)

@@ -1,0 +1,205 @@
+"""An attention block's prologue at one token in one launch: q/k/v projections, per-head q/k RMSNorm, RoPE.
+
+The reference is what qwen3 / lfm2 attention (and zmlx-patch's ``qk_norm_rope`` pattern) compute before the KV
+cache: three affine-quantized ``QuantizedLinear`` projections (three MLX ``qmv`` launches), the reshapes, then
+``qk_norm_rope`` (q/k RMSNorm + RoPE in the ``(B, H, L, D)`` layout) and the value transpose. The kernel runs one
+threadgroup per head (q heads, then k heads, then v heads): the head's ``D`` projection rows in MLX's CUDA qmv
+numerics (_qmv.py) into shared memory, rounded to the activations' dtype as the projection's output is; v heads
+write them out, q/k heads then run attention.py's own RMSNorm sum (MLX's reduction order) and normalise + rotate
+code on them (``NORM_ROPE``). So the outputs are bit-identical to the reference wherever MLX runs qmv.
+
+Kernel path: CUDA, one token (``B * L == 1``), bf16 activations/scales/biases, the three projections affine with
+one group size and bit width and no bias. Everything else runs the projections and ``qk_norm_rope``. Measured on no
+GPU yet (written 2026-11-27 with the device budget spent): zmlx-patch keeps it behind a switch that is off.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from ..backend import constant, launch, target_for
+from ..emit import KernelSpec, Param
+from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64
+from ._qmv import qmv_rows, rows_per_warp
+from .attention import NORM_ROPE, _log2f, qk_norm_rope, qk_norm_rope_reference
+from .moe_experts import Quant, mlx_numerics
+from .norms import RMS_SUM_OF_SQUARES, mlx_rms_layout
+
+_BODY = """\
+  const int hb = int(zm_bid);  // q heads, then k heads, then v heads
+  if (hb >= HQ + 2 * HK) return;
+  ZM_SHARED float rms_partial[32];
+  ZM_SHARED T proj[HD];
+  ZM_SHARED T nrm[HD];
+  const int which = hb < HQ ? 0 : (hb < HQ + HK ? 1 : 2);
+  const int h = which == 0 ? hb : (which == 1 ? hb - HQ : hb - HQ - HK);
+  ZM_DEVICE const uint32_t* qmv_w = which == 0 ? w_q : (which == 1 ? w_k : w_v);
+  ZM_DEVICE const T* qmv_s = which == 0 ? s_q : (which == 1 ? s_k : s_v);
+  ZM_DEVICE const T* qmv_b = which == 0 ? b_q : (which == 1 ? b_k : b_v);
+  const int qmv_kw = w_q_shape[w_q_ndim - 1];
+  ZM_DEVICE const T* qmv_x = x;
+  const int qmv_rows = HD;
+  const int qmv_row0 = h * HD;
+""" + qmv_rows("proj[e] = g;") + """\
+  ZM_BARRIER();
+  if (which == 2) {  // v: the projection itself, at (b, h, l) = (0, h, 0)
+    for (int e = int(zm_tid); e < HD; e += int(zm_bdim)) v_out[h * HD + e] = proj[e];
+    return;
+  }
+  // attention.py's per-head norm + RoPE on the shared row (threads past BS add nothing it reads)
+  const bool is_q = which == 0;
+  const int H = is_q ? HQ : HK;
+  const int b = 0, l = 0, L = 1;
+  const int D = HD;
+  const auto src = proj;
+  ZM_DEVICE const T* w = is_q ? q_weight : k_weight;
+""" + RMS_SUM_OF_SQUARES + NORM_ROPE
+
+SPEC = KernelSpec(
+    name="qkv_norm_rope",
+    inputs=(Param("x"), Param("w_q", "uint32_t"), Param("s_q"), Param("b_q"), Param("w_k", "uint32_t"),
+            Param("s_k"), Param("b_k"), Param("w_v", "uint32_t"), Param("s_v"), Param("b_v"), Param("q_weight"),
+            Param("k_weight"), Param("params", "float"), Param("meta", "int32_t")),
+    outputs=(Param("q_out"), Param("k_out"), Param("v_out")),
+    body=_BODY,
+    templates=(("T", "float"), ("A", "float"), ("BITS", 4), ("QGS", 64), ("R", 4), ("HD", 128), ("HQ", 4),
+               ("HK", 2), ("BS", 64), ("NCH", 1), ("NR", 4), ("TRADITIONAL", False)),
+)
+_THREADS = 256  # 8 warps a head; the router kernel failed to launch at 1024 (registers)
+
+
+def _project(x: mx.array, q: Quant, group_size: int, bits: int) -> mx.array:
+    return mx.quantized_matmul(x, q[0], scales=q[1], biases=q[2], transpose=True, group_size=group_size, bits=bits)
+
+
+def qkv_norm_rope_reference(
+    x: mx.array, q: Quant, k: Quant, v: Quant, q_weight: mx.array, k_weight: mx.array, q_eps: float, k_eps: float,
+    *, n_heads: int, n_kv_heads: int, group_size: int, bits: int, offset: int, base: float, scale: float = 1.0,
+    traditional: bool = False,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """The projections as ``QuantizedLinear``, then ``qk_norm_rope_reference`` and the value transpose."""
+    b, seq, _ = x.shape
+    qs, ks, vs = (_project(x, p, group_size, bits) for p in (q, k, v))
+    qo, ko = qk_norm_rope_reference(qs.reshape(b, seq, n_heads, -1), ks.reshape(b, seq, n_kv_heads, -1), q_weight,
+                                    k_weight, q_eps, k_eps, offset=offset, base=base, scale=scale,
+                                    traditional=traditional)
+    return qo, ko, vs.reshape(b, seq, n_kv_heads, -1).transpose(0, 2, 1, 3)
+
+
+def _fits(x, quants, q_weight, head_dim, n_heads, n_kv_heads, group_size, bits) -> bool:
+    kdim = x.shape[-1]
+    rows = (n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim)
+    return (x.ndim == 3 and x.shape[0] * x.shape[1] == 1 and x.dtype == mx.bfloat16 and q_weight.dtype == x.dtype
+            and head_dim % 2 == 0 and kdim > group_size
+            and all(p[0].ndim == 2 and p[0].shape == (n, kdim * bits // 32) and p[1].dtype == x.dtype
+                    and p[2] is not None and p[2].dtype == x.dtype
+                    and mlx_numerics(1, n, kdim, group_size, bits) == "qmv" for p, n in zip(quants, rows, strict=True)))
+
+
+def qkv_norm_rope(
+    x: mx.array, q: Quant, k: Quant, v: Quant, q_weight: mx.array, k_weight: mx.array, q_eps: float, k_eps: float,
+    *, n_heads: int, n_kv_heads: int, group_size: int, bits: int, offset: int, base: float, scale: float = 1.0,
+    traditional: bool = False, stream: mx.Stream | None = None,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """``x``: (B, L, D) -> q (B, HQ, L, HD), k and v (B, HK, L, HD): projected, q/k normalised and rotated.
+
+    ``q``/``k``/``v`` are the projections' ``(weight, scales, biases)``; the rest as ``zk.qk_norm_rope``.
+    """
+    head_dim = q_weight.shape[-1]
+    if x.ndim != 3 or k_weight.shape != q_weight.shape:
+        raise ValueError(f"qkv_norm_rope: x must be (B, L, D) and both norm weights (HD,), got {x.shape}, "
+                         f"{q_weight.shape}, {k_weight.shape}")
+    kw = dict(offset=offset, base=base, scale=scale, traditional=traditional)
+    target = target_for(stream)
+    if target == "cpu":
+        return qkv_norm_rope_reference(x, q, k, v, q_weight, k_weight, q_eps, k_eps, n_heads=n_heads,
+                                       n_kv_heads=n_kv_heads, group_size=group_size, bits=bits, **kw)
+    if target != "cuda" or not _fits(x, (q, k, v), q_weight, head_dim, n_heads, n_kv_heads, group_size, bits):
+        # Metal's qmv sums in another order: the projections stay MLX's, the norm + RoPE is one launch anyway
+        b, seq, _ = x.shape
+        qs, ks, vs = (_project(x, p, group_size, bits) for p in (q, k, v))
+        qo, ko = qk_norm_rope(qs.reshape(b, seq, n_heads, -1), ks.reshape(b, seq, n_kv_heads, -1), q_weight,
+                              k_weight, q_eps, k_eps, stream=stream, **kw)
+        return qo, ko, vs.reshape(b, seq, n_kv_heads, -1).transpose(0, 2, 1, 3)
+    threads, chunks, reads = mlx_rms_layout(head_dim, x.dtype)
+    tb = max(threads, _THREADS)
+    b = x.shape[0]
+    shapes = [(b, n_heads, 1, head_dim), (b, n_kv_heads, 1, head_dim), (b, n_kv_heads, 1, head_dim)]
+    return tuple(launch(
+        SPEC, "cuda",
+        inputs=(x, *q, *k, *v, q_weight, k_weight, constant((q_eps, k_eps, _log2f(base), scale)),
+                mx.array([offset], dtype=mx.int32)),
+        output_shapes=shapes, output_dtypes=[x.dtype] * 3,
+        threads=(n_heads + 2 * n_kv_heads) * tb, threadgroup=tb,
+        template=[("T", x.dtype), ("A", mx.float32 if bits == 8 else x.dtype), ("BITS", bits), ("QGS", group_size),
+                  ("R", rows_per_warp(bits, head_dim, tb // 32)), ("HD", head_dim), ("HQ", n_heads),
+                  ("HK", n_kv_heads), ("BS", threads), ("NCH", chunks), ("NR", reads), ("TRADITIONAL", traditional)],
+        stream=stream,
+    ))
+
+
+# --- checks: decode shapes of qwen3-30b-a3b (32/4 heads x 128, D 2048, 4-bit) and lfm2 (32/8 x 64), and odd ones --
+
+# (HQ, HK, HD, D, group size, bits, offset, base, traditional)
+CASES = (
+    (32, 4, 128, 2048, 64, 4, 517, 1e6, False),
+    (32, 8, 64, 2048, 64, 4, 3001, 1e6, False),
+    (5, 1, 64, 320, 32, 8, 123, 10000.0, True),
+    (3, 3, 128, 640, 128, 4, 31, 10000.0, False),
+)
+
+
+def make_case(hq, hk, hd, d, group_size, bits, key, dtype=mx.bfloat16):
+    ks = mx.random.split(key, 6)
+    x = mx.random.normal((1, 1, d), key=ks[0]).astype(dtype)
+    quants = tuple(mx.quantize((mx.random.normal((n * hd, d), key=kk) * 0.05).astype(dtype), group_size=group_size,
+                               bits=bits) for n, kk in ((hq, ks[1]), (hk, ks[2]), (hk, ks[3])))
+    qw = (1 + 0.2 * mx.random.normal((hd,), key=ks[4])).astype(dtype)
+    kw = (1 + 0.2 * mx.random.normal((hd,), key=ks[5])).astype(dtype)
+    return x, quants, qw, kw
+
+
+def check_cases(seed: int) -> list[CheckCase]:
+    cases = []
+    key = mx.random.key(seed)
+    for hq, hk, hd, d, gs, bits, offset, base, trad in CASES:
+        key, sub = mx.random.split(key)
+        x, (q, k, v), qw, kw = make_case(hq, hk, hd, d, gs, bits, sub)
+        args = dict(n_heads=hq, n_kv_heads=hk, group_size=gs, bits=bits, offset=offset, base=base, traditional=trad)
+        cases.append(CheckCase(
+            op="qkv", variant=f"qkv_norm_rope HQ{hq} HK{hk} HD{hd} D{d} g{gs} {bits}-bit", dtype="bfloat16",
+            kernel=lambda a=(x, q, k, v, qw, kw), kw_=args: list(qkv_norm_rope(*a, 1e-6, 1e-5, **kw_)),
+            reference=lambda a=(x, q, k, v, qw, kw), kw_=args: list(qkv_norm_rope_reference(*a, 1e-6, 1e-5, **kw_)),
+            exact=True,
+        ))
+    return cases
+
+
+def reference_checks(seed: int) -> list[RefCheck]:
+    """The reference's v (the projection) against float64 math on the dequantized weights; q/k are
+    qk_norm_rope_reference of the same projections, checked in attention.py."""
+    out = []
+    key = mx.random.key(seed)
+    for dtype in (mx.float32, mx.bfloat16):
+        key, sub = mx.random.split(key)
+        hq, hk, hd, d, gs, bits = 4, 2, 64, 256, 64, 4
+        x, (q, k, v), qw, kw = make_case(hq, hk, hd, d, gs, bits, sub, dtype)
+        _, _, got = qkv_norm_rope_reference(x, q, k, v, qw, kw, 1e-6, 1e-6, n_heads=hq, n_kv_heads=hk,
+                                            group_size=gs, bits=bits, offset=5, base=10000.0)
+        wd, xd = as_float64(mx.dequantize(*v, group_size=gs, bits=bits)), as_float64(x).reshape(-1)
+        want = (wd @ xd).reshape(hk, hd)
+        err = float(np.max(np.abs(as_float64(got)[0, :, 0, :] - want) / (np.abs(wd) @ np.abs(xd) + 1e-3).reshape(hk, hd)))
+        out.append(RefCheck("qkv", "qkv_norm_rope v", str(dtype).removeprefix("mlx.core."), err, REF_TOLERANCE[dtype]))
+    return out
+
+
+OP = OpInfo(
+    name="qkv",
+    summary="attention prologue at one token: q/k/v projections (MLX's CUDA qmv numerics) + q/k RMSNorm + RoPE",
+    variants=("qkv_norm_rope",),
+    reference="zmlx.kernels.ops.qkv.qkv_norm_rope_reference",
+    kernel_specs=lambda: {"qkv_norm_rope": SPEC},
+    check_cases=check_cases,
+    reference_checks=reference_checks,
+)
