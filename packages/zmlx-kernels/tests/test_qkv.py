@@ -53,12 +53,12 @@ def test_rejects_malformed_inputs():
 
 
 def _case(**over):
-    c = dict(hq=4, hk=2, hd=64, d=256, gs=64, bits=4, dtype=mx.bfloat16, seq=1) | over
+    c = dict(hq=4, hk=2, hd=64, d=256, gs=64, bits=4, dtype=mx.bfloat16, seq=1, norm_dtype=None) | over
     ks = mx.random.split(mx.random.key(3), 4)
     projs = [_quant(_proj(n * c["hd"], c["d"], c["gs"], c["bits"], c["dtype"], kk))
              for n, kk in ((c["hq"], ks[0]), (c["hk"], ks[1]), (c["hk"], ks[2]))]
     x = mx.random.normal((1, c["seq"], c["d"]), key=ks[3]).astype(c["dtype"])
-    w = mx.ones((c["hd"],), c["dtype"])
+    w = mx.ones((c["hd"],), c["norm_dtype"] or c["dtype"])
     return c, x, projs, w
 
 
@@ -67,6 +67,7 @@ def _case(**over):
     (dict(seq=2), False),             # one token only
     (dict(dtype=mx.float16), False), (dict(dtype=mx.float32), False),
     (dict(d=64), False),              # K <= group size: MLX may take qmm_sm90
+    (dict(norm_dtype=mx.float32), False),  # the kernel reads the norm weights as the activations' dtype
 ])
 def test_kernel_only_where_it_mirrors_mlx(monkeypatch, over, takes_kernel):
     seen = []
@@ -74,7 +75,7 @@ def test_kernel_only_where_it_mirrors_mlx(monkeypatch, over, takes_kernel):
     monkeypatch.setattr(QKV, "launch", lambda spec, backend, **kw: seen.append(kw) or ("q", "k", "v"))
     monkeypatch.setattr(QKV, "qk_norm_rope", lambda *a, **kw: ("fallback q", "fallback k"))
     c, x, projs, w = _case(**over)
-    out = QKV.qkv_norm_rope(x, *projs, w, w, 1e-6, 1e-6, n_heads=c["hq"], n_kv_heads=c["hk"], group_size=c["gs"],
+    out = QKV.qkv_norm_rope(x, *projs, mx.ones_like(w).astype(c["dtype"]), w, 1e-6, 1e-6, n_heads=c["hq"], n_kv_heads=c["hk"], group_size=c["gs"],
                             bits=c["bits"], offset=3, base=10000.0)
     assert (out == ("q", "k", "v")) == takes_kernel and len(seen) == int(takes_kernel)
     if takes_kernel:

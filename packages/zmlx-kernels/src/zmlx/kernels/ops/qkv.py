@@ -87,10 +87,11 @@ def qkv_norm_rope_reference(
     return qo, ko, vs.reshape(b, seq, n_kv_heads, -1).transpose(0, 2, 1, 3)
 
 
-def _fits(x, quants, q_weight, head_dim, n_heads, n_kv_heads, group_size, bits) -> bool:
+def _fits(x, quants, q_weight, k_weight, head_dim, n_heads, n_kv_heads, group_size, bits) -> bool:
     kdim = x.shape[-1]
     rows = (n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim)
     return (x.ndim == 3 and x.shape[0] * x.shape[1] == 1 and x.dtype == mx.bfloat16 and q_weight.dtype == x.dtype
+            and k_weight.dtype == x.dtype
             and head_dim % 2 == 0 and kdim > group_size
             and all(p[0].ndim == 2 and p[0].shape == (n, kdim * bits // 32) and p[1].dtype == x.dtype
                     and p[2] is not None and p[2].dtype == x.dtype
@@ -115,7 +116,7 @@ def qkv_norm_rope(
     if target == "cpu":
         return qkv_norm_rope_reference(x, q, k, v, q_weight, k_weight, q_eps, k_eps, n_heads=n_heads,
                                        n_kv_heads=n_kv_heads, group_size=group_size, bits=bits, **kw)
-    if target != "cuda" or not _fits(x, (q, k, v), q_weight, head_dim, n_heads, n_kv_heads, group_size, bits):
+    if target != "cuda" or not _fits(x, (q, k, v), q_weight, k_weight, head_dim, n_heads, n_kv_heads, group_size, bits):
         # Metal's qmv sums in another order: the projections stay MLX's, the norm + RoPE is one launch anyway
         b, seq, _ = x.shape
         qs, ks, vs = (_project(x, p, group_size, bits) for p in (q, k, v))
