@@ -14,9 +14,9 @@ Config names join parts with '+': moe (moe_mlp), qk (qk_norm_rope), res (residua
 geglu_mlp), conv (conv_layer), fuse (fuse_projections=True), eager (compile_blocks=False); 'stock' is the unpatched
 model, 'default' the model patched as users get it (patch() with no arguments). Switch parts turn one default-on
 fusion off or one opt-in fusion on, alone or after 'default' (default+nofold, moe+conv+router...): 'nofold' keeps
-conv_layer from folding the residual add into the expert launch, 'router' runs moe_mlp's router projection inside
-the routing launch (zk.quantized_router), 'qkv' the q/k/v projections inside the q/k norm + RoPE launch
-(zk.qkv_norm_rope).
+conv_layer from folding the residual add into the expert launch; 'router' and 'qkv' are patch(fuse_router=True)
+and patch(fuse_qkv=True): the router projection inside the routing launch (zk.quantized_router), the q/k/v
+projections inside the q/k norm + RoPE launch (zk.qkv_norm_rope).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import time
 PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "mlp": ["swiglu_mlp", "geglu_mlp"],
          "conv": ["conv_layer"]}
 # switch part -> (pattern module, its module-level flag, the flag's value while a config naming the part runs;
-# the opposite otherwise)
-SWITCHES = {"nofold": ("conv_layer", "FOLD_RESIDUAL", False), "router": ("moe_mlp", "FUSE_ROUTER", True),
-            "qkv": ("qk_norm_rope", "FUSE_QKV", True)}
+# the opposite otherwise): measurement switches that are not patch() arguments
+SWITCHES = {"nofold": ("conv_layer", "FOLD_RESIDUAL", False)}
+# part -> the opt-in patch() argument it turns on, alone or after 'default'
+OPT_INS = {"router": "fuse_router", "qkv": "fuse_qkv"}
 
 
 def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
@@ -39,12 +40,15 @@ def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
     if name == "stock":
         return None
     parts = name.split("+")
-    if parts[0] == "default" and all(p in SWITCHES for p in parts[1:]):
-        return None, {}
+    if parts[0] == "default" and all(p in SWITCHES or p in OPT_INS for p in parts[1:]):
+        return None, {OPT_INS[p]: True for p in parts[1:] if p in OPT_INS}
     patterns: list[str] = []
     kwargs = {"fuse_projections": False, "compile_blocks": True}
     for part in parts:
         if part in SWITCHES:  # applied in main(), around this configuration's runs
+            continue
+        if part in OPT_INS:
+            kwargs[OPT_INS[part]] = True
             continue
         if part == "fuse":
             kwargs["fuse_projections"] = True
@@ -53,7 +57,7 @@ def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
         elif part in PARTS:
             patterns += PARTS[part]
         else:
-            known = [*PARTS, "fuse", "eager", *SWITCHES]
+            known = [*PARTS, "fuse", "eager", *SWITCHES, *OPT_INS]
             raise SystemExit(f"ab_decode: unknown config part {part!r} in {name!r}; known: {', '.join(known)}")
     return patterns, kwargs
 

@@ -177,3 +177,29 @@ def test_unwritable_out_fails_before_any_model_loads(tmp_path, monkeypatch, caps
     assert "is not a directory" in capsys.readouterr().err
     assert main(["run", "synthetic:a", "--patterns", "moe_mlp,nope", "-q"]) == 2
     assert "unknown pattern(s) nope" in capsys.readouterr().err
+
+
+def test_opt_in_fusions_reach_the_patch_and_the_capsule(tmp_path, monkeypatch, capsys, model_result_factory):
+    """--fuse-router / --fuse-qkv are patch() arguments; the capsule's methodology and report say they were on."""
+    calls = []
+
+    def fake_load(spec, *, cache_dir=None):
+        return SimpleNamespace(model_type="qwen3_moe"), CharTokenizer(), spec
+
+    def fake_run(model, tokenizer, **kw):
+        calls.append(kw)
+        r = model_result_factory("x", [100.0, 101.0], [110.0, 111.0])
+        return SimpleNamespace(fidelity=r.fidelity, baseline=r.baseline, patched=r.patched,
+                               patch=PatchInfo(model_type="qwen3_moe", counts={"moe_mlp": 2}, patterns=["moe_mlp"]))
+
+    monkeypatch.setattr(validate, "load_model", fake_load, raising=False)
+    monkeypatch.setattr(validate, "run_fidelity", fake_run, raising=False)
+    out = tmp_path / "c.json"
+    assert main(["run", "synthetic:a", "--runs", "2", "--prompt-tokens", "8", "--fuse-router", "--fuse-qkv",
+                 "--quiet", "--out", str(out)]) == 0
+    assert calls[0]["patch_kwargs"] == {"max_fused_tokens": 32, "fuse_router": True, "fuse_qkv": True}
+    m = load_capsule(out).methodology
+    assert m.fuse_router is True and m.fuse_qkv is True
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "fuse_router=True, fuse_qkv=True" in capsys.readouterr().out

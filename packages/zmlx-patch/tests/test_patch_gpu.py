@@ -24,7 +24,6 @@ from mlx_lm.sample_utils import make_sampler
 from zmlx.kernels.backend import gpu_backend
 from zmlx.patch import patch, unpatch
 from zmlx.kernels.ops.router import VARIANTS as ROUTER_VARIANTS
-from zmlx.patch.patterns import moe_mlp, qk_norm_rope
 from zmlx.patch.registry import FAMILIES
 
 pytestmark = [
@@ -77,11 +76,12 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 
 # default: patch()'s defaults, so on CUDA the per-family fuse_projections (registry.FUSE_ON_CUDA); unfused and
 # fuse_projections force it either way; eager: no mx.compile tracing; residual_norm: the defaults plus the opt-in
-# residual_norm, where a family has it; quantized_router: the defaults with moe_mlp's router projection fused into
-# the routing launch (off by default: slower on the device, docs/perf-notes.md v7), MoE families only; qkv: the
-# defaults with the q/k/v projections inside the qk_norm_rope launch (off by default: not yet run on a GPU)
+# residual_norm, where a family has it; quantized_router: the defaults + fuse_router (the router projection inside
+# the routing launch; off by default: slower on the device, docs/perf-notes.md v7), MoE families only; qkv: the
+# defaults + fuse_qkv (the q/k/v projections inside the qk_norm_rope launch; off by default: not yet run on a GPU)
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
-         "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {}, "qkv": {}}
+         "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {"fuse_router": True},
+         "qkv": {"fuse_qkv": True}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -96,11 +96,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         if not any(site.logits == "linear" and site.gating.op in ROUTER_VARIANTS for site in moe):
             # deepseek_v3 / glm4_moe (x @ weight.T, grouped routing), minimax (float32 router input): nothing to fuse
             pytest.skip(f"{family} has no MoE router the quantized_router op takes")
-        monkeypatch.setattr(moe_mlp, "FUSE_ROUTER", True)
-    if mode == "qkv":
-        if "qk_norm_rope" not in spec.sites:
-            pytest.skip(f"{family} has no qk_norm_rope attention")
-        monkeypatch.setattr(qk_norm_rope, "FUSE_QKV", True)
+    if mode == "qkv" and "qk_norm_rope" not in spec.sites:
+        pytest.skip(f"{family} has no qk_norm_rope attention")
     model = models(family)
     prompt = tiny.tokens(6)[0]
     seq = tiny.tokens(N_LOGIT_STEPS, seed=5)

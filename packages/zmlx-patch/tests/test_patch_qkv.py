@@ -1,4 +1,4 @@
-"""With ``qk_norm_rope.FUSE_QKV`` (off by default: not yet run on a GPU), the qk_norm_rope pattern computes the
+"""With ``patch(fuse_qkv=True)`` (off by default: not yet run on a GPU), the qk_norm_rope pattern computes the
 q/k/v projections in its launch (zk.qkv_norm_rope) exactly where all three are affine QuantizedLinear without bias;
 the block's output is the unpatched one (on the CPU, bit for bit)."""
 
@@ -7,16 +7,10 @@ import mlx.nn as nn
 import pytest
 import zmlx_patch_tiny as tiny
 from zmlx.patch import patch, unpatch
-from zmlx.patch.patterns import qk_norm_rope
 
 
-def _spy(monkeypatch, on: bool = True):
-    monkeypatch.setattr(qk_norm_rope, "FUSE_QKV", on)
+def _spy(monkeypatch):
     return tiny.count_kernel_calls(monkeypatch, ("qkv_norm_rope",))
-
-
-def test_off_by_default():
-    assert qk_norm_rope.FUSE_QKV is False
 
 
 @pytest.mark.parametrize("family", ["qwen3", "qwen3_moe", "lfm2", "lfm2_moe"])
@@ -25,18 +19,18 @@ def test_fused_projections_taken_and_exact(family, monkeypatch):
     one, many = tiny.tokens(1), tiny.tokens(5)
     want_one, want_many = model(one), model(many)
     calls = _spy(monkeypatch)
-    patch(model, verbose=False)
+    patch(model, verbose=False, fuse_qkv=True)
     assert mx.array_equal(model(one), want_one).item()
     assert mx.array_equal(model(many), want_many).item()
     assert calls["qkv_norm_rope"] > 0
     unpatch(model)
 
 
-def test_switch_off_keeps_the_blocks_projections(monkeypatch):
+def test_off_by_default_keeps_the_blocks_projections(monkeypatch):
     model = tiny.build("qwen3", quantized=True)
     one = tiny.tokens(1)
     want = model(one)
-    calls = _spy(monkeypatch, on=False)
+    calls = _spy(monkeypatch)
     patch(model, verbose=False)
     assert mx.array_equal(model(one), want).item()
     assert calls["qkv_norm_rope"] == 0
@@ -52,7 +46,7 @@ def test_other_projections_keep_their_own_path(case, monkeypatch):
     one = tiny.tokens(1)
     want = model(one)
     calls = _spy(monkeypatch)
-    patch(model, verbose=False)
+    patch(model, verbose=False, fuse_qkv=True)
     assert mx.array_equal(model(one), want).item()
     assert calls["qkv_norm_rope"] == 0
     unpatch(model)

@@ -1,21 +1,15 @@
-"""With ``moe_mlp.FUSE_ROUTER`` (off by default: slower on the H100's device, docs/perf-notes.md v7), moe_mlp routes
-through zk.quantized_router (router projection + routing, one launch on CUDA) exactly where the router is an
+"""With ``patch(fuse_router=True)`` (off by default: slower on the H100's device, docs/perf-notes.md v7), moe_mlp
+routes through zk.quantized_router (router projection + routing, one launch on CUDA) exactly where the router is an
 affine-quantized ``QuantizedLinear``; the block's output is the unpatched one (on the CPU, bit for bit)."""
 
 import mlx.core as mx
 import pytest
 import zmlx_patch_tiny as tiny
 from zmlx.patch import patch, unpatch
-from zmlx.patch.patterns import moe_mlp
 
 
-def _spy(monkeypatch, fuse_router: bool = True):
-    monkeypatch.setattr(moe_mlp, "FUSE_ROUTER", fuse_router)
+def _spy(monkeypatch):
     return tiny.count_kernel_calls(monkeypatch, ("quantized_router",))
-
-
-def test_off_by_default():
-    assert moe_mlp.FUSE_ROUTER is False
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss", "mixtral", "lfm2_moe"])
@@ -24,18 +18,18 @@ def test_quantized_router_taken_and_exact(family, monkeypatch):
     one, many = tiny.tokens(1), tiny.tokens(5)
     want_one, want_many = model(one), model(many)
     calls = _spy(monkeypatch)
-    patch(model, verbose=False)
+    patch(model, verbose=False, fuse_router=True)
     assert mx.array_equal(model(one), want_one).item()
     assert mx.array_equal(model(many), want_many).item()
     assert calls["quantized_router"] > 0
     unpatch(model)
 
 
-def test_switch_off_routes_the_logits_as_before(monkeypatch):
+def test_off_by_default_routes_the_logits_as_before(monkeypatch):
     model = tiny.build("qwen3_moe", quantized=True)
     one = tiny.tokens(1)
     want = model(one)
-    calls = _spy(monkeypatch, fuse_router=False)
+    calls = _spy(monkeypatch)
     patch(model, verbose=False)
     assert mx.array_equal(model(one), want).item()
     assert calls["quantized_router"] == 0
@@ -55,7 +49,7 @@ def test_only_affine_routers_are_fused(mode, monkeypatch):
     one = tiny.tokens(1)
     want = model(one)
     calls = _spy(monkeypatch)
-    patch(model, verbose=False)
+    patch(model, verbose=False, fuse_router=True)
     assert mx.array_equal(model(one), want).item()
     assert (calls["quantized_router"] > 0) == (mode == "affine")
     unpatch(model)
@@ -66,7 +60,7 @@ def test_float_router_keeps_its_projection(monkeypatch):
     one = tiny.tokens(1)
     want = model(one)
     calls = _spy(monkeypatch)
-    patch(model, verbose=False)
+    patch(model, verbose=False, fuse_router=True)
     assert mx.array_equal(model(one), want).item()
     assert calls["quantized_router"] == 0
     unpatch(model)

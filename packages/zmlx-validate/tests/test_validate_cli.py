@@ -186,7 +186,8 @@ def test_json_round_trips_through_the_schema(capsys, synth_cache, tmp_path):
     assert len(rec.baseline.runs) == 2 and rec.baseline.runs[0].generated_tokens == 24
     assert rec.baseline.median_decode_tps > 0 and rec.patched.median_decode_tps > 0
     assert rec.backend in ("cpu", "metal", "cuda") and rec.mlx_version == mx.__version__
-    assert rec.patch_options == {"fuse_projections": False, "compile_blocks": True}  # patch()'s defaults
+    assert rec.patch_options == {"fuse_projections": False, "compile_blocks": True,  # patch()'s defaults
+                                 "fuse_router": False, "fuse_qkv": False}
     again = msgspec.json.decode(msgspec.json.encode(rec), type=ValidationRecord)
     assert again == rec
     assert not list(path.parent.glob(".*.tmp"))  # atomic write left no temporary file
@@ -195,10 +196,12 @@ def test_json_round_trips_through_the_schema(capsys, synth_cache, tmp_path):
 def test_patch_switches_reach_the_patch_and_the_record(capsys, synth_cache, tmp_path):
     path = tmp_path / "rec.json"
     rc, out, _ = _run(capsys, ["--cache-dir", synth_cache, "--quiet", "-m", "6", "--runs", "1", "--warmup", "0",
-                               "--fuse-projections", "--no-compile-blocks", "--json", str(path)])
+                               "--fuse-projections", "--no-compile-blocks", "--fuse-router", "--fuse-qkv",
+                               "--json", str(path)])
     assert rc == 0, out
     rec = msgspec.json.decode(path.read_bytes(), type=ValidationRecord)
-    assert rec.patch_options == {"fuse_projections": True, "compile_blocks": False}
+    assert rec.patch_options == {"fuse_projections": True, "compile_blocks": False, "fuse_router": True,
+                                 "fuse_qkv": True}
 
 
 @pytest.mark.parametrize(

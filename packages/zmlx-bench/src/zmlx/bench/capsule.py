@@ -89,6 +89,12 @@ class Methodology(Base, kw_only=True):
     compile_blocks: Annotated[
         bool | None, _doc("patch(compile_blocks=...): patched MoE blocks traced by mx.compile (None: older capsule)")
     ] = None
+    fuse_router: Annotated[bool, _doc(
+        "patch(fuse_router=...): an affine-quantized MoE router's projection inside the routing launch. False in "
+        "capsules written before the option existed; three 2026-11-27 capsules (notes '(quantized_router)', "
+        "commits 7466a9b and 01a6412) ran it as the default of those commits")] = False
+    fuse_qkv: Annotated[bool, _doc(
+        "patch(fuse_qkv=...): attention's q/k/v projections inside the q/k norm + RoPE launch")] = False
     patterns: Annotated[
         list[str] | None, _doc("--patterns as given (None: the patch's defaults for each family)")
     ] = None

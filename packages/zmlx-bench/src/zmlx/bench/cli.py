@@ -87,7 +87,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         capsule = run_models(
             args.models, runs=args.runs, max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens,
             warmup=args.warmup, seed=args.seed, max_fused_tokens=args.max_fused_tokens,
-            fuse_projections=args.fuse_projections, compile_blocks=args.compile_blocks, patterns=patterns,
+            fuse_projections=args.fuse_projections, compile_blocks=args.compile_blocks,
+            fuse_router=args.fuse_router, fuse_qkv=args.fuse_qkv, patterns=patterns,
             exclude=exclude, cache_dir=args.cache_dir, resamples=args.resamples, kernels=args.kernels,
             command=["zmlx-bench", *args.argv], quiet=args.quiet,
         )
@@ -206,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fuse the quantized projections at decode (default: patch()'s, per model family)")
     r.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
                    help="trace patched MoE blocks with mx.compile at decode (default: patch()'s, on)")
+    r.add_argument("--fuse-router", action=argparse.BooleanOptionalAction, default=None,
+                   help="run an affine-quantized MoE router's projection inside the routing launch (default off)")
+    r.add_argument("--fuse-qkv", action=argparse.BooleanOptionalAction, default=None,
+                   help="run attention's q/k/v projections inside the q/k norm + RoPE launch (default off)")
     r.add_argument("--out", "-o", metavar="PATH",
                    help="capsule file, or a directory to name it in (YYYYMMDD_device_models.json); "
                         "default: that name in the current directory")

@@ -118,6 +118,8 @@ def run_models(
     max_fused_tokens: int = 32,
     fuse_projections: bool | None = None,
     compile_blocks: bool | None = None,
+    fuse_router: bool | None = None,
+    fuse_qkv: bool | None = None,
     patterns: list[str] | None = None,
     exclude: Sequence[str] = (),
     cache_dir: str | None = None,
@@ -137,10 +139,12 @@ def run_models(
 
     patch_kwargs: dict[str, Any] = {"max_fused_tokens": max_fused_tokens}
     patch_kwargs.update({k: v for k, v in (("fuse_projections", fuse_projections),
-                                           ("compile_blocks", compile_blocks)) if v is not None})
+                                           ("compile_blocks", compile_blocks), ("fuse_router", fuse_router),
+                                           ("fuse_qkv", fuse_qkv)) if v is not None})
     # capsules record the values in effect, patch()'s defaults included
     in_effect = switches.effective(patch_kwargs)
     fuse_projections, compile_blocks = in_effect["fuse_projections"], in_effect["compile_blocks"]
+    fuse_router, fuse_qkv = bool(in_effect["fuse_router"]), bool(in_effect["fuse_qkv"])
     if patterns is not None:
         patch_kwargs["patterns"] = list(patterns)
     if exclude:
@@ -206,6 +210,8 @@ def run_models(
             max_fused_tokens=max_fused_tokens,
             fuse_projections=fuse_projections,
             compile_blocks=compile_blocks,
+            fuse_router=fuse_router,
+            fuse_qkv=fuse_qkv,
             patterns=None if patterns is None else list(patterns),
             exclude=list(exclude),
             prompt=f"{prompt_tokens} tokens of seeded random plain words (zmlx.bench.run.synth_prompt_ids, "

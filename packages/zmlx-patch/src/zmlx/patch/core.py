@@ -92,6 +92,8 @@ def patch(
     verbose: bool = True,
     fuse_projections: bool | None = None,
     compile_blocks: bool = True,
+    fuse_router: bool = False,
+    fuse_qkv: bool = False,
 ) -> PatchResult:
     """Swap the model's matching blocks for fused versions; no weights change.
 
@@ -104,6 +106,10 @@ def patch(
     elsewhere, and off on Metal, where nothing has been measured (docs/perf-notes.md).
     ``compile_blocks`` (default on) runs each patched MoE block's decode path through ``mx.compile`` (one trace
     per input shape; later steps replay it without rebuilding the graph in Python); sharded blocks stay eager.
+    Two opt-in fusions, bit-exact where they run (CUDA, bf16, one token) and off by default (docs/perf-notes.md):
+    ``fuse_router`` runs an affine-quantized MoE router's projection inside the routing launch (measured slower
+    on the H100's device, v7); ``fuse_qkv`` runs attention's q/k/v projections inside the q/k norm + RoPE launch
+    (qwen3 / lfm2 attention; not yet measured).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch() needs an mlx.nn.Module, got {type(model).__name__}")
@@ -162,8 +168,10 @@ def patch(
             result.skipped.append((path, f"{name}: projections not fusable here, and unfused it is slower on CUDA "
                                          f"({family.slow_on_cuda[name]})"))
             continue
-        if fuse_projections and hasattr(site, "fuse_projections"):
-            site = dataclasses.replace(site, fuse_projections=True)
+        for flag, on in (("fuse_projections", fuse_projections), ("fuse_router", fuse_router),
+                         ("fuse_qkv", fuse_qkv)):
+            if on and hasattr(site, flag):
+                site = dataclasses.replace(site, **{flag: True})
         collectives = _swap.has_collectives(module)
         if compile_blocks and hasattr(site, "traced") and not collectives:  # patterns that trace themselves
             site = dataclasses.replace(site, traced=True)

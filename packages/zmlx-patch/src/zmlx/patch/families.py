@@ -72,6 +72,8 @@ class MoeSite:
     flatten_tokens: bool = False
     # set by patch(fuse_projections=True): at one token, the quantized experts run as two fused launches
     fuse_projections: bool = False
+    # set by patch(fuse_router=True): an affine-quantized router's projection runs inside the routing launch
+    fuse_router: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ class AttentionSite:
     q_norm: str
     k_norm: str
     out: str
+    # set by patch(fuse_qkv=True): at one token, affine-quantized q/k/v projections run inside the norm+RoPE launch
+    fuse_qkv: bool = False
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from typing import Any
 SWITCHES: dict[str, str] = {
     "fuse_projections": "fuse the quantized projections at decode",
     "compile_blocks": "trace patched MoE blocks with mx.compile at decode",
+    "fuse_router": "run an affine-quantized MoE router's projection inside the routing launch",
+    "fuse_qkv": "run attention's q/k/v projections inside the q/k norm + RoPE launch",
 }
 
 
@@ -24,7 +26,8 @@ def defaults() -> dict[str, bool | None]:
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    """``--[no-]fuse-projections`` and ``--[no-]compile-blocks``, each None unless given."""
+    """``--[no-]fuse-projections``, ``--[no-]compile-blocks``, ``--[no-]fuse-router``, ``--[no-]fuse-qkv``, each
+    None unless given."""
     for name, default in defaults().items():
         what = SWITCHES[name]
         parser.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fuse the quantized projections at decode (default: patch()'s, per model family)")
     p.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
                    help="trace patched MoE blocks with mx.compile at decode (default: patch()'s, on)")
+    p.add_argument("--fuse-router", action=argparse.BooleanOptionalAction, default=None,
+                   help="run an affine-quantized MoE router's projection inside the routing launch (default off)")
+    p.add_argument("--fuse-qkv", action=argparse.BooleanOptionalAction, default=None,
+                   help="run attention's q/k/v projections inside the q/k norm + RoPE launch (default off)")
     p.add_argument("--prefill-step-size", type=int, default=2048, help="prompt chunk size, both sides (2048)")
     p.add_argument("--seed", type=int, default=0, help="seed of synthetic weights and of MLX's RNG (default 0)")
     p.add_argument("--json", metavar="PATH", default=None, help="write the ValidationRecord as JSON (atomic)")

@@ -27,11 +27,6 @@ SUMMARY = (
     "quantized experts run as two launches (gate+up+act, down+combine)"
 )
 
-# An affine-quantized router's projection can run inside the routing launch (zk.quantized_router; bit-exact, one
-# launch fewer per MoE layer). Off: one block computing the projection is slower on the H100 than MLX's qmv plus
-# the routing kernel (17.8-49 us against 15.5-19.4, docs/perf-notes.md v7) and no decode A/B showed a gain.
-# tools/gpu/ab_decode.py turns it on with the config part "router".
-FUSE_ROUTER = False
 
 
 def _arg_paths(site: MoeSite) -> list[str]:
@@ -97,7 +92,9 @@ def _route(self: nn.Module, site: MoeSite, x: mx.array) -> tuple[mx.array, mx.ar
         else:
             kwargs[name] = x.dtype if kind == _XDTYPE else value
     router = lookup(self, site.router) if site.logits == "linear" else None
-    if (FUSE_ROUTER and isinstance(router, nn.QuantizedLinear) and router.mode == "affine"
+    # patch(fuse_router=True): off by default, one block reading the whole router is slower on the H100's device
+    # than MLX's qmv + the routing kernel (17.8-49 us against 15.5-19.4, docs/perf-notes.md v7)
+    if (site.fuse_router and isinstance(router, nn.QuantizedLinear) and router.mode == "affine"
             and site.gating.op in QUANTIZED_ROUTER_VARIANTS):
         # routing(router(x)) as QuantizedLinear computes the logits; the op falls back to exactly that elsewhere
         return zk.quantized_router(x, (router.weight, router.scales, router.biases), group_size=router.group_size,

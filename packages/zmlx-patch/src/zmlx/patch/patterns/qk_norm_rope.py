@@ -20,11 +20,6 @@ from ._structure import missing_modules
 
 SUMMARY = "attention: per-head q/k RMSNorm + RoPE in one launch (zk.qk_norm_rope), output in the cache's layout"
 
-# With affine-quantized q/k/v projections (no bias, one group size and width), the projections can run inside the
-# same launch (zk.qkv_norm_rope: 3 qmv launches, 6 reshapes/transposes and the norm+RoPE launch become one).
-# Off: written without a GPU at hand, not yet compared or timed there; tools/gpu/ab_decode.py's config part "qkv"
-# turns it on to measure it.
-FUSE_QKV = False
 
 
 def _quantized_qkv(module: nn.Module) -> bool:
@@ -56,7 +51,9 @@ def fused(self: nn.Module, site: AttentionSite, x: mx.array, mask: Any = None, c
         return original_class(self).__call__(self, x, mask, cache)
     B, L, _ = x.shape
     q_norm, k_norm, rope = self[site.q_norm], self[site.k_norm], self.rope
-    if FUSE_QKV and _quantized_qkv(self):
+    # patch(fuse_qkv=True): 3 projections, 6 reshapes/transposes and the norm + RoPE launch as one launch
+    # (zk.qkv_norm_rope); off by default until it has been compared and timed on a GPU
+    if site.fuse_qkv and _quantized_qkv(self):
         qp, kp, vp = self.q_proj, self.k_proj, self.v_proj
         queries, keys, values = zk.qkv_norm_rope(
             x, (qp.weight, qp.scales, qp.biases), (kp.weight, kp.scales, kp.biases), (vp.weight, vp.scales, vp.biases),
