@@ -9,8 +9,8 @@ write them out, q/k heads then run attention.py's own RMSNorm sum (MLX's reducti
 code on them (``NORM_ROPE``). So the outputs are bit-identical to the reference wherever MLX runs qmv.
 
 Kernel path: CUDA, one token (``B * L == 1``), bf16 activations/scales/biases, the three projections affine with
-one group size and bit width and no bias. Everything else runs the projections and ``qk_norm_rope``. Measured on no
-GPU yet (written 2026-11-27 with the device budget spent): zmlx-patch keeps it behind a switch that is off.
+one group size and bit width and no bias. Everything else runs the projections and ``qk_norm_rope``. Not yet run on a
+GPU (written 2026-11-27 with the device budget spent): zmlx-patch uses it only under ``patch(model, fuse_qkv=True)``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ are the routing kernel's, so the result is bit-identical to ``routing_op(router(
 Kernel path: CUDA, bf16 activations/scales/biases, affine 4/8-bit, fewer than 8 rows (MLX's qmv range; a decode
 step has one), and the routing kernel's range (E <= 512, k <= 16). Everything else computes ``router(x)`` as
 ``QuantizedLinear`` does and calls the routing op, so the op is ``routing(router(x))`` everywhere.
+
+Measured on the H100 (docs/perf-notes.md v7): bit-exact, but one block reading the whole router is slower on the
+device than MLX's qmv over many blocks plus the routing kernel, so zmlx-patch uses it only under
+``patch(model, fuse_router=True)``.
 """
 
 from __future__ import annotations
