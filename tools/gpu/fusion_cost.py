@@ -1,11 +1,13 @@
-"""Device and host cost of zk.quantized_router against its two-launch form, at the decode shapes of four models.
+"""Device and host cost of the opt-in fusions against the forms they replace, at the decode shapes of real models.
 
-  python3 tools/gpu/router_cost.py                      # host: synchronised latency per call, both forms
-  ncu --metrics gpu__time_duration.sum --csv --log-file r.csv python3 tools/gpu/router_cost.py --calls 20
-  python3 tools/gpu/router_cost.py --summarize r.csv    # device: median us per kernel name
+  python3 tools/gpu/fusion_cost.py                      # host: synchronised latency per call, both forms
+  ncu --metrics gpu__time_duration.sum --csv --log-file r.csv python3 tools/gpu/fusion_cost.py --calls 20
+  python3 tools/gpu/fusion_cost.py --summarize r.csv    # device: median us per kernel name
 
-Fused = one zmlx launch (router projection + routing). Split = MLX's quantized_matmul (qmv; + bias for gpt-oss)
-then the zmlx routing kernel, i.e. what moe_mlp ran before quantized_router.
+router: fused = zk.quantized_router (router projection + routing, one launch); split = MLX's quantized_matmul (qmv;
++ bias for gpt-oss), then the zmlx routing kernel (what moe_mlp runs by default).
+qkv: fused = zk.qkv_norm_rope (q/k/v projections + q/k norm + RoPE, one launch); split = three MLX quantized_matmul,
+the reshapes, zk.qk_norm_rope and the value transpose (what the qk_norm_rope pattern runs by default).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import statistics
 import sys
 from collections import defaultdict
 
-# (model, experts, hidden, k, variant, router bias, gating keyword arguments)
-SHAPES = (
+# router: (model, experts, hidden, k, variant, router bias, gating keyword arguments)
+ROUTER_SHAPES = (
     ("qwen3-30b-a3b", 128, 2048, 8, "softmax_topk", False, dict(renormalize=True)),
     ("lfm2-8b-a1b", 32, 2048, 4, "sigmoid_topk", False, dict(renormalize=True, eps=1e-6, scale=1.0)),
     ("gpt-oss-20b", 32, 2880, 4, "topk_softmax", True, dict()),
@@ -25,7 +27,34 @@ SHAPES = (
 )
 
 
-def _forms(e, d, k, variant, rbias, kw):
+# qkv: (model, q heads, kv heads, head dim, hidden, bits)
+QKV_SHAPES = (
+    ("qwen3-30b-a3b", 32, 4, 128, 2048, 4),
+    ("lfm2-8b-a1b", 32, 8, 64, 2048, 4),
+)
+
+
+def _qkv_forms(hq, hk, hd, d, bits):
+    import mlx.core as mx
+    from zmlx.kernels.ops import attention as ATT
+    from zmlx.kernels.ops import qkv as QKV
+
+    x, (q, k, v), qw, kw = QKV.make_case(hq, hk, hd, d, 64, bits, mx.random.key(hq + hd))
+    args = dict(offset=517, base=1e6, scale=1.0, traditional=False)
+
+    def fused():
+        return QKV.qkv_norm_rope(x, q, k, v, qw, kw, 1e-6, 1e-6, n_heads=hq, n_kv_heads=hk, group_size=64,
+                                 bits=bits, **args)
+
+    def split():
+        qs, ks, vs = (QKV._project(x, p, 64, bits) for p in (q, k, v))
+        qo, ko = ATT.qk_norm_rope(qs.reshape(1, 1, hq, -1), ks.reshape(1, 1, hk, -1), qw, kw, 1e-6, 1e-6, **args)
+        return qo, ko, vs.reshape(1, 1, hk, -1).transpose(0, 2, 1, 3)
+
+    return fused, split
+
+
+def _router_forms(e, d, k, variant, rbias, kw):
     import mlx.core as mx
     from zmlx.kernels.ops import router as RT
     from zmlx.kernels.ops import routing as R
@@ -50,12 +79,15 @@ def run(calls: int, host_reps: int) -> None:
 
     import mlx.core as mx
 
-    for model, e, d, k, variant, rbias, kw in SHAPES:
-        fused, split = _forms(e, d, k, variant, rbias, kw)
+    cases = [(f"router {m:<14} E{e:<4} D{d:<5} k{k}", _router_forms(e, d, k, v, rb, kw))
+             for m, e, d, k, v, rb, kw in ROUTER_SHAPES]
+    cases += [(f"qkv    {m:<14} {hq}/{hk} x {hd}, D{d}", _qkv_forms(hq, hk, hd, d, bits))
+              for m, hq, hk, hd, d, bits in QKV_SHAPES]
+    for label, (fused, split) in cases:
         f, s = fused(), split()
         mx.eval(f, s)
         same = all(mx.array_equal(a, b).item() for a, b in zip(f, s, strict=True))
-        line = [f"{model:<14} E{e:<4} D{d:<5} k{k}  fused == split: {same}"]
+        line = [f"{label}  fused == split: {same}"]
         for name, fn in (("fused", fused), ("split", split)):
             for _ in range(calls):  # what ncu profiles
                 mx.eval(fn())
