@@ -22,8 +22,8 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 from zmlx.kernels.backend import gpu_backend
-from zmlx.patch import patch, unpatch
 from zmlx.kernels.ops.router import VARIANTS as ROUTER_VARIANTS
+from zmlx.patch import patch, unpatch
 from zmlx.patch.registry import FAMILIES
 
 pytestmark = [

@@ -1,7 +1,8 @@
 """qk_norm_rope: an attention block's per-head q/k RMSNorm and RoPE as one zk.qk_norm_rope launch.
 
 The rest of the block is its own code, line for line (families.AttentionSite): projections, the value transpose,
-``cache.update_and_fetch``, mlx-lm's ``scaled_dot_product_attention`` and the output projection. Caches whose
+``cache.update_and_fetch``, mlx-lm's ``scaled_dot_product_attention`` and the output projection; at one token the
+two (B, L, H, D) <-> (B, H, L, D) transposes, which move no data there, are single reshapes. Caches whose
 ``offset`` is not a plain int (batched generation keeps one offset per sequence) take the block's original path.
 """
 
@@ -68,7 +69,7 @@ def fused(self: nn.Module, site: AttentionSite, x: mx.array, mask: Any = None, c
         q_norm["weight"], k_norm["weight"], q_norm.eps, k_norm.eps,
         offset=offset, base=rope.base, scale=rope.scale, traditional=rope.traditional,
     )
-    values = values.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+    values = _heads_first(values, B, L, self.n_kv_heads)
     return _attend(self, site, queries, keys, values, mask, cache)
 
 
@@ -78,4 +79,13 @@ def _attend(self: nn.Module, site: AttentionSite, queries, keys, values, mask: A
     if cache is not None:
         keys, values = cache.update_and_fetch(keys, values)
     output = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)
-    return self[site.out](output.transpose(0, 2, 1, 3).reshape(B, L, -1))
+    # (B, H, L, D) -> (B, L, H * D): at one token the transpose moves nothing, so one reshape (one graph node) does
+    out = output.reshape(B, L, -1) if L == 1 else output.transpose(0, 2, 1, 3).reshape(B, L, -1)
+    return self[site.out](out)
+
+
+def _heads_first(values: mx.array, B: int, L: int, heads: int) -> mx.array:
+    """``values.reshape(B, L, heads, -1).transpose(0, 2, 1, 3)``; at one token the same memory as one reshape."""
+    if L == 1:
+        return values.reshape(B, heads, 1, -1)
+    return values.reshape(B, L, heads, -1).transpose(0, 2, 1, 3)
