@@ -29,3 +29,18 @@ def test_checker_rejects_a_broken_kernel():
     label, source = next(csc.all_sources())
     ok, err, _, _ = csc.compile_source(source.replace("zm_tid", "zm_tidd", 1), csc.nvcc())
     assert not ok and "zm_tid" in err  # its declaration renamed: every later use is undefined
+
+
+def test_new_high_register_kernels_fit_their_launches():
+    """The kernels that compute projections themselves (router, qkv: 86-208 registers a thread) at every
+    instantiation their check cases launch: threadgroup x registers within the register file (1024 threads of
+    the first router kernel did not fit: "too many resources requested for launch" on the H100)."""
+    from zmlx.kernels.emit import full_source
+
+    insts = [i for i in csc.launched_instantiations() if i[0].startswith(("router_", "qkv_"))]
+    assert len(insts) >= 7
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fits = list(pool.map(lambda i: csc.fits_register_file(full_source(i[1], "cuda", i[2]), i[3], csc.nvcc()),
+                             insts))
+    bad = [f"{i[0]} {i[2]}: {what}" for i, (ok, what) in zip(insts, fits, strict=True) if not ok]
+    assert not bad, "\n".join(bad)
