@@ -28,7 +28,6 @@ SUMMARY = (
 )
 
 
-
 def _arg_paths(site: MoeSite) -> list[str]:
     return [v.path for _, v in site.gating.args if isinstance(v, Attr)]
 

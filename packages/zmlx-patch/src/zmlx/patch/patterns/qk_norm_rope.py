@@ -22,7 +22,6 @@ from ._structure import missing_modules
 SUMMARY = "attention: per-head q/k RMSNorm + RoPE in one launch (zk.qk_norm_rope), output in the cache's layout"
 
 
-
 def _quantized_qkv(module: nn.Module) -> bool:
     projs = [module.q_proj, module.k_proj, module.v_proj]
     return (all(isinstance(p, nn.QuantizedLinear) and p.mode == "affine" and "bias" not in p for p in projs)
