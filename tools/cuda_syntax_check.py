@@ -136,7 +136,7 @@ def main() -> int:
         with ThreadPoolExecutor(max_workers=2) as pool:
             fits = list(pool.map(lambda i: fits_register_file(full_source(i[1], "cuda", i[2]), i[3], compiler),
                                  insts))
-        for (name, _, tmpl, tg), (ok, what) in zip(insts, fits, strict=True):
+        for (name, _, tmpl, _), (ok, what) in zip(insts, fits, strict=True):
             failed += not ok
             if not ok:
                 print(f"FAIL {name} {tmpl}: {what}")
