@@ -64,3 +64,24 @@ def test_float_router_keeps_its_projection(monkeypatch):
     assert mx.array_equal(model(one), want).item()
     assert calls["quantized_router"] == 0
     unpatch(model)
+
+
+def test_a_router_subclass_keeps_its_own_call(monkeypatch):
+    """Only the exact QuantizedLinear class: a subclass (an adapter, say) may compute something else."""
+    import mlx.nn as nn
+
+    class Scaled(nn.QuantizedLinear):
+        def __call__(self, x):
+            return super().__call__(x) * 2
+
+    model = tiny.build("qwen3_moe", quantized=True)
+    for _, layer in model.named_modules():
+        if type(getattr(layer, "gate", None)) is nn.QuantizedLinear:
+            layer.gate.__class__ = Scaled
+    one = tiny.tokens(1)
+    want = model(one)
+    calls = _spy(monkeypatch)
+    patch(model, verbose=False, fuse_router=True)
+    assert mx.array_equal(model(one), want).item()
+    assert calls["quantized_router"] == 0
+    unpatch(model)

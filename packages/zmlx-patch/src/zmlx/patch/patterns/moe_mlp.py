@@ -93,9 +93,10 @@ def _route(self: nn.Module, site: MoeSite, x: mx.array) -> tuple[mx.array, mx.ar
     router = lookup(self, site.router) if site.logits == "linear" else None
     # patch(fuse_router=True): off by default, one block reading the whole router is slower on the H100's device
     # than MLX's qmv + the routing kernel (17.8-49 us against 15.5-19.4, docs/perf-notes.md v7)
-    if (site.fuse_router and isinstance(router, nn.QuantizedLinear) and router.mode == "affine"
+    if (site.fuse_router and type(router) is nn.QuantizedLinear and router.mode == "affine"
             and site.gating.op in QUANTIZED_ROUTER_VARIANTS):
-        # routing(router(x)) as QuantizedLinear computes the logits; the op falls back to exactly that elsewhere
+        # routing(router(x)) as QuantizedLinear computes the logits (the exact class: a subclass may compute
+        # something else); the op falls back to exactly that elsewhere
         return zk.quantized_router(x, (router.weight, router.scales, router.biases), group_size=router.group_size,
                                    bits=router.bits, variant=site.gating.op,
                                    router_bias=router["bias"] if "bias" in router else None, **kwargs)

@@ -24,7 +24,8 @@ SUMMARY = "attention: per-head q/k RMSNorm + RoPE in one launch (zk.qk_norm_rope
 
 def _quantized_qkv(module: nn.Module) -> bool:
     projs = [module.q_proj, module.k_proj, module.v_proj]
-    return (all(isinstance(p, nn.QuantizedLinear) and p.mode == "affine" and "bias" not in p for p in projs)
+    # exact type: a subclass (LoRA, sharded variants) may compute something else in its __call__
+    return (all(type(p) is nn.QuantizedLinear and p.mode == "affine" and "bias" not in p for p in projs)
             and len({(p.group_size, p.bits) for p in projs}) == 1)
 
 
