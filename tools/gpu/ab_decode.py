@@ -14,9 +14,10 @@ Config names join parts with '+': moe (moe_mlp), qk (qk_norm_rope), res (residua
 geglu_mlp), conv (conv_layer), fuse (fuse_projections=True), eager (compile_blocks=False); 'stock' is the unpatched
 model, 'default' the model patched as users get it (patch() with no arguments). Switch parts turn one default-on
 fusion off or one opt-in fusion on, alone or after 'default' (default+nofold, moe+conv+router...): 'nofold' keeps
-conv_layer from folding the residual add into the expert launch; 'router' and 'qkv' are patch(fuse_router=True)
-and patch(fuse_qkv=True): the router projection inside the routing launch (zk.quantized_router), the q/k/v
-projections inside the q/k norm + RoPE launch (zk.qkv_norm_rope).
+conv_layer from folding the residual add into the expert launch; 'router', 'qkv' and 'convproj' are the opt-ins
+patch(fuse_router=True), patch(fuse_qkv=True) and patch(fuse_conv_proj=True): the router projection inside the
+routing launch (zk.quantized_router), the q/k/v projections inside the q/k norm + RoPE launch (zk.qkv_norm_rope),
+LFM2's conv in_proj inside the short-conv launch (zk.short_conv_proj).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "
 # the opposite otherwise): measurement switches that are not patch() arguments
 SWITCHES = {"nofold": ("conv_layer", "FOLD_RESIDUAL", False)}
 # part -> the opt-in patch() argument it turns on, alone or after 'default'
-OPT_INS = {"router": "fuse_router", "qkv": "fuse_qkv"}
+OPT_INS = {"router": "fuse_router", "qkv": "fuse_qkv", "convproj": "fuse_conv_proj"}
 
 
 def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:

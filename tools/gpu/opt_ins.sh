@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The opt-in fusions (patch(fuse_router=True), patch(fuse_qkv=True)) on the lent GPU, in three host calls of < 10 min
+# The opt-in fusions (patch(fuse_router=, fuse_qkv=, fuse_conv_proj=True)) on the lent GPU, in three host calls of < 10 min
 # (after the two-step install; later calls on the warm host need only the `source`):
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh tests   # GPU tests of both, parallel (~5 min)
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh lfm2    # device cost (ncu), lfm2 decode A/B
@@ -12,9 +12,9 @@ PT=(python3 -m pytest -m gpu -q -p no:cacheprovider -rfE)
 G=tools/gpu
 case "${1:-}" in
   tests)
-    ( timeout 300 "${PT[@]}" packages/zmlx-kernels/tests/test_kernels_gpu.py -k "router or qkv" > "$OUT/k.log" 2>&1 ) &
+    ( timeout 300 "${PT[@]}" packages/zmlx-kernels/tests/test_kernels_gpu.py -k "router or qkv or short_conv_proj" > "$OUT/k.log" 2>&1 ) &
     ( timeout 420 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k quantized_router > "$OUT/pr.log" 2>&1 ) &
-    ( timeout 420 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k qkv > "$OUT/pq.log" 2>&1 ) &
+    ( timeout 420 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "qkv or conv_proj" > "$OUT/pq.log" 2>&1 ) &
     wait
     for f in k pr pq; do echo "== $f: $(tail -1 "$OUT/$f.log")"; grep -E "^FAILED|^ERROR" "$OUT/$f.log" | head -8; done
     ;;
@@ -23,7 +23,7 @@ case "${1:-}" in
     timeout 120 ncu --metrics gpu__time_duration.sum --csv --log-file "$OUT/fusion.csv" \
       python3 $G/fusion_cost.py --calls 10 --host-reps 1 > "$OUT/ncu.out" 2>&1
     python3 $G/fusion_cost.py --summarize "$OUT/fusion.csv"
-    timeout 300 python3 $G/ab_decode.py synthetic:lfm2-8b-a1b --configs stock default default+qkv default+router \
+    timeout 300 python3 $G/ab_decode.py synthetic:lfm2-8b-a1b --configs stock default default+qkv default+convproj default+qkv+convproj \
       --rounds 6 2>&1 | tail -5
     ;;
   qwen3)

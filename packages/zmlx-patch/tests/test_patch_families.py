@@ -62,12 +62,13 @@ def test_family_patch_is_exact_and_reversible(family, quantized):
 
 @pytest.mark.parametrize("family", tiny.FAMILIES)
 def test_family_with_every_opt_in_is_exact(family):
-    """fuse_projections, fuse_router and fuse_qkv together on every quantized family: the same logits at every
+    """fuse_projections and every opt-in fusion together on every quantized family: the same logits at every
     length (on the CPU each fused op is its reference, so any wiring slip shows), and unpatch restores."""
     model = tiny.build(family, quantized=True)
     before_classes = _classes(model)
     ref = _outputs(model)
-    result = patch(model, verbose=False, fuse_projections=True, fuse_router=True, fuse_qkv=True)
+    result = patch(model, verbose=False, fuse_projections=True, fuse_router=True, fuse_qkv=True,
+                   fuse_conv_proj=True)
     assert result.counts == tiny.CONFIGS[family][1], result.skipped
     for n, want, got in zip(LENGTHS, ref, _outputs(model), strict=True):
         assert mx.array_equal(got, want).item(), f"{family}: logits differ at M={n} with every opt-in"

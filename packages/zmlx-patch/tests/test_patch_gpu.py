@@ -34,7 +34,7 @@ N_TOKENS = 100  # the issue asks for 100+ greedy tokens per MoE family
 N_LOGIT_STEPS = 24
 OPS = tuple(name for name in ("swiglu", "geglu", "moe_combine", "moe_gate_up", "moe_down_combine", "softmax_topk",
                               "topk_softmax", "sigmoid_topk", "grouped_sigmoid_topk", "qk_norm_rope", "add_rms_norm",
-                              "short_conv", "quantized_router", "qkv_norm_rope")
+                              "short_conv", "quantized_router", "qkv_norm_rope", "short_conv_proj")
             if hasattr(zk, name))
 
 
@@ -78,10 +78,11 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 # fuse_projections force it either way; eager: no mx.compile tracing; residual_norm: the defaults plus the opt-in
 # residual_norm, where a family has it; quantized_router: the defaults + fuse_router (the router projection inside
 # the routing launch; off by default: slower on the device, docs/perf-notes.md v7), MoE families only; qkv: the
-# defaults + fuse_qkv (the q/k/v projections inside the qk_norm_rope launch; off by default: not yet run on a GPU)
+# defaults + fuse_qkv (the q/k/v projections inside the qk_norm_rope launch; off by default: not yet run on a GPU);
+# conv_proj: the defaults + fuse_conv_proj (LFM2's in_proj inside the short-conv launch; likewise)
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
          "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {"fuse_router": True},
-         "qkv": {"fuse_qkv": True}}
+         "qkv": {"fuse_qkv": True}, "conv_proj": {"fuse_conv_proj": True}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -98,6 +99,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
             pytest.skip(f"{family} has no MoE router the quantized_router op takes")
     if mode == "qkv" and "qk_norm_rope" not in spec.sites:
         pytest.skip(f"{family} has no qk_norm_rope attention")
+    if mode == "conv_proj" and "conv_layer" not in spec.sites:
+        pytest.skip(f"{family} has no short-conv layers")
     model = models(family)
     prompt = tiny.tokens(6)[0]
     seq = tiny.tokens(N_LOGIT_STEPS, seed=5)
@@ -123,6 +126,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
             assert calls["quantized_router"] > 0, f"{family}: the router projection was not fused"
         if mode == "qkv":
             assert calls["qkv_norm_rope"] > 0, f"{family}: the q/k/v projections were not fused"
+        if mode == "conv_proj":
+            assert calls["short_conv_proj"] > 0, f"{family}: the conv in_proj was not fused"
     finally:
         restored = unpatch(model)
     assert restored == result.total, f"{family}: unpatch restored {restored} of {result.total} modules"

@@ -187,7 +187,7 @@ def test_json_round_trips_through_the_schema(capsys, synth_cache, tmp_path):
     assert rec.baseline.median_decode_tps > 0 and rec.patched.median_decode_tps > 0
     assert rec.backend in ("cpu", "metal", "cuda") and rec.mlx_version == mx.__version__
     assert rec.patch_options == {"fuse_projections": False, "compile_blocks": True,  # patch()'s defaults
-                                 "fuse_router": False, "fuse_qkv": False}
+                                 "fuse_router": False, "fuse_qkv": False, "fuse_conv_proj": False}
     again = msgspec.json.decode(msgspec.json.encode(rec), type=ValidationRecord)
     assert again == rec
     assert not list(path.parent.glob(".*.tmp"))  # atomic write left no temporary file
@@ -201,7 +201,7 @@ def test_patch_switches_reach_the_patch_and_the_record(capsys, synth_cache, tmp_
     assert rc == 0, out
     rec = msgspec.json.decode(path.read_bytes(), type=ValidationRecord)
     assert rec.patch_options == {"fuse_projections": True, "compile_blocks": False, "fuse_router": True,
-                                 "fuse_qkv": True}
+                                 "fuse_qkv": True, "fuse_conv_proj": False}
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,8 @@ class Methodology(Base, kw_only=True):
         "commits 7466a9b and 01a6412) ran it as the default of those commits")] = False
     fuse_qkv: Annotated[bool, _doc(
         "patch(fuse_qkv=...): attention's q/k/v projections inside the q/k norm + RoPE launch")] = False
+    fuse_conv_proj: Annotated[bool, _doc(
+        "patch(fuse_conv_proj=...): LFM2's conv in_proj inside the short-conv launch")] = False
     patterns: Annotated[
         list[str] | None, _doc("--patterns as given (None: the patch's defaults for each family)")
     ] = None

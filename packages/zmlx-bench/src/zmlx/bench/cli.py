@@ -88,7 +88,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             args.models, runs=args.runs, max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens,
             warmup=args.warmup, seed=args.seed, max_fused_tokens=args.max_fused_tokens,
             fuse_projections=args.fuse_projections, compile_blocks=args.compile_blocks,
-            fuse_router=args.fuse_router, fuse_qkv=args.fuse_qkv, patterns=patterns,
+            fuse_router=args.fuse_router, fuse_qkv=args.fuse_qkv, fuse_conv_proj=args.fuse_conv_proj,
+            patterns=patterns,
             exclude=exclude, cache_dir=args.cache_dir, resamples=args.resamples, kernels=args.kernels,
             command=["zmlx-bench", *args.argv], quiet=args.quiet,
         )
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run an affine-quantized MoE router's projection inside the routing launch (default off)")
     r.add_argument("--fuse-qkv", action=argparse.BooleanOptionalAction, default=None,
                    help="run attention's q/k/v projections inside the q/k norm + RoPE launch (default off)")
+    r.add_argument("--fuse-conv-proj", action=argparse.BooleanOptionalAction, default=None,
+                   help="run LFM2's conv in_proj inside the short-conv launch (default off)")
     r.add_argument("--out", "-o", metavar="PATH",
                    help="capsule file, or a directory to name it in (YYYYMMDD_device_models.json); "
                         "default: that name in the current directory")

@@ -45,7 +45,7 @@ def _methodology(c: Capsule) -> str:
         f"{m.warmup_runs} warm-up + {m.runs} measured runs per side, {m.order}; seed {m.seed}; "
         f"fused path for M <= {m.max_fused_tokens}; patterns: {pats}; "
         f"fuse_projections={m.fuse_projections}, compile_blocks={m.compile_blocks}"
-        f"{''.join(f', {k}=True' for k in ('fuse_router', 'fuse_qkv') if getattr(m, k))}; "
+        f"{''.join(f', {k}=True' for k in ('fuse_router', 'fuse_qkv', 'fuse_conv_proj') if getattr(m, k))}; "
         f"medians, speedup interval: {m.bootstrap_resamples} bootstrap resamples"
     )
 

@@ -120,6 +120,7 @@ def run_models(
     compile_blocks: bool | None = None,
     fuse_router: bool | None = None,
     fuse_qkv: bool | None = None,
+    fuse_conv_proj: bool | None = None,
     patterns: list[str] | None = None,
     exclude: Sequence[str] = (),
     cache_dir: str | None = None,
@@ -140,11 +141,13 @@ def run_models(
     patch_kwargs: dict[str, Any] = {"max_fused_tokens": max_fused_tokens}
     patch_kwargs.update({k: v for k, v in (("fuse_projections", fuse_projections),
                                            ("compile_blocks", compile_blocks), ("fuse_router", fuse_router),
-                                           ("fuse_qkv", fuse_qkv)) if v is not None})
+                                           ("fuse_qkv", fuse_qkv), ("fuse_conv_proj", fuse_conv_proj))
+                         if v is not None})
     # capsules record the values in effect, patch()'s defaults included
     in_effect = switches.effective(patch_kwargs)
     fuse_projections, compile_blocks = in_effect["fuse_projections"], in_effect["compile_blocks"]
     fuse_router, fuse_qkv = bool(in_effect["fuse_router"]), bool(in_effect["fuse_qkv"])
+    fuse_conv_proj = bool(in_effect["fuse_conv_proj"])
     if patterns is not None:
         patch_kwargs["patterns"] = list(patterns)
     if exclude:
@@ -212,6 +215,7 @@ def run_models(
             compile_blocks=compile_blocks,
             fuse_router=fuse_router,
             fuse_qkv=fuse_qkv,
+            fuse_conv_proj=fuse_conv_proj,
             patterns=None if patterns is None else list(patterns),
             exclude=list(exclude),
             prompt=f"{prompt_tokens} tokens of seeded random plain words (zmlx.bench.run.synth_prompt_ids, "

@@ -13,7 +13,7 @@ check_mlx_version()
 from .ops.activations import geglu, swiglu, swiglu_oai  # noqa: E402
 from .ops.attention import qk_norm_rope  # noqa: E402
 from .ops.combine import moe_combine  # noqa: E402
-from .ops.conv import short_conv  # noqa: E402
+from .ops.conv import short_conv, short_conv_proj  # noqa: E402
 from .ops.moe_experts import dense_gate_up, moe_down_combine, moe_gate_up  # noqa: E402
 from .ops.norms import add_rms_norm  # noqa: E402
 from .ops.qkv import qkv_norm_rope  # noqa: E402
@@ -38,6 +38,7 @@ __all__ = [
     "qkv_norm_rope",
     "quantized_router",
     "short_conv",
+    "short_conv_proj",
     "sigmoid_topk",
     "softmax_topk",
     "swiglu",

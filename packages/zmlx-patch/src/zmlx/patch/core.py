@@ -94,6 +94,7 @@ def patch(
     compile_blocks: bool = True,
     fuse_router: bool = False,
     fuse_qkv: bool = False,
+    fuse_conv_proj: bool = False,
 ) -> PatchResult:
     """Swap the model's matching blocks for fused versions; no weights change.
 
@@ -106,10 +107,11 @@ def patch(
     elsewhere, and off on Metal, where nothing has been measured (docs/perf-notes.md).
     ``compile_blocks`` (default on) runs each patched MoE block's decode path through ``mx.compile`` (one trace
     per input shape; later steps replay it without rebuilding the graph in Python); sharded blocks stay eager.
-    Two opt-in fusions, bit-exact where they run (CUDA, bf16, one token) and off by default (docs/perf-notes.md):
+    Three opt-in fusions, bit-exact where they run (CUDA, bf16, one token) and off by default (docs/perf-notes.md):
     ``fuse_router`` runs an affine-quantized MoE router's projection inside the routing launch (measured slower
     on the H100's device, v7); ``fuse_qkv`` runs attention's q/k/v projections inside the q/k norm + RoPE launch
-    (qwen3 / lfm2 attention; not yet measured).
+    (qwen3 / lfm2 attention) and ``fuse_conv_proj`` LFM2's conv in_proj inside the short-conv launch (both not yet
+    measured).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch() needs an mlx.nn.Module, got {type(model).__name__}")
@@ -169,7 +171,7 @@ def patch(
                                          f"({family.slow_on_cuda[name]})"))
             continue
         for flag, on in (("fuse_projections", fuse_projections), ("fuse_router", fuse_router),
-                         ("fuse_qkv", fuse_qkv)):
+                         ("fuse_qkv", fuse_qkv), ("fuse_conv_proj", fuse_conv_proj)):
             if on and hasattr(site, flag):
                 site = dataclasses.replace(site, **{flag: True})
         collectives = _swap.has_collectives(module)

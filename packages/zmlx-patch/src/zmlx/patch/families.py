@@ -115,6 +115,8 @@ class ConvLayerSite:
     traced: bool = False
     # set when patterns include residual_norm: every layer's `h = x + r; ffn_norm(h)` as one zk.add_rms_norm
     residual_norm: bool = False
+    # set by patch(fuse_conv_proj=True): an affine-quantized in_proj runs inside the short-conv launch
+    fuse_conv_proj: bool = False
 
 
 def resolve_class(block: str) -> type | None:

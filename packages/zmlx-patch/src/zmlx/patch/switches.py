@@ -14,6 +14,7 @@ SWITCHES: dict[str, str] = {
     "compile_blocks": "trace patched MoE blocks with mx.compile at decode",
     "fuse_router": "run an affine-quantized MoE router's projection inside the routing launch",
     "fuse_qkv": "run attention's q/k/v projections inside the q/k norm + RoPE launch",
+    "fuse_conv_proj": "run LFM2's conv in_proj inside the short-conv launch",
 }
 
 
@@ -26,8 +27,8 @@ def defaults() -> dict[str, bool | None]:
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    """``--[no-]fuse-projections``, ``--[no-]compile-blocks``, ``--[no-]fuse-router``, ``--[no-]fuse-qkv``, each
-    None unless given."""
+    """``--[no-]fuse-projections``, ``--[no-]compile-blocks`` and the opt-ins (``--[no-]fuse-router``,
+    ``--[no-]fuse-qkv``, ``--[no-]fuse-conv-proj``), each None unless given."""
     for name, default in defaults().items():
         what = SWITCHES[name]
         parser.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=None,

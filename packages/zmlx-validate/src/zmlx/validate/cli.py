@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run an affine-quantized MoE router's projection inside the routing launch (default off)")
     p.add_argument("--fuse-qkv", action=argparse.BooleanOptionalAction, default=None,
                    help="run attention's q/k/v projections inside the q/k norm + RoPE launch (default off)")
+    p.add_argument("--fuse-conv-proj", action=argparse.BooleanOptionalAction, default=None,
+                   help="run LFM2's conv in_proj inside the short-conv launch (default off)")
     p.add_argument("--prefill-step-size", type=int, default=2048, help="prompt chunk size, both sides (2048)")
     p.add_argument("--seed", type=int, default=0, help="seed of synthetic weights and of MLX's RNG (default 0)")
     p.add_argument("--json", metavar="PATH", default=None, help="write the ValidationRecord as JSON (atomic)")

@@ -20,6 +20,8 @@ import numpy as np
 from ..backend import launch, target_for
 from ..emit import KernelSpec, Param
 from ._base import DTYPES, REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64, dtype_name
+from ._qmv import qmv_rows, rows_per_warp
+from .moe_experts import Quant, mlx_numerics
 
 # --- reference (pure MLX, op for op what mlx-lm's ShortConv computes with a cache, one token, no mask) ----------
 
@@ -115,6 +117,108 @@ def short_conv(
     return out, new_state
 
 
+# --- in_proj inside the same launch: in_proj's rows are per channel (B, C, v of channel d are rows d, D+d, 2D+d), so a
+# block computes its channels' three rows (MLX's qmv numerics, _qmv.py) into shared memory and runs the tail of
+# _BODY above on them, text for text.
+
+_TAIL = _BODY[_BODY.index("  ZM_DEVICE const T* st"):]
+for _old, _new in (("in[d], in[2 * D + d]", "sh_b[ch], sh_v[ch]"), ("in[D + d]", "sh_c[ch]")):
+    if _TAIL.count(_old) != 1:  # the conv body changed shape: fail at import, not with wrong results
+        raise RuntimeError(f"short_conv body no longer reads {_old!r} once")
+    _TAIL = _TAIL.replace(_old, _new)
+
+_PROJ_BODY = """\
+  const int D = state_shape[2];
+  const int KM1 = state_shape[1];
+  const int c0 = int(zm_bid) * CB;  // this block's channels [c0, c0 + CB)
+  if (c0 >= D) return;
+  ZM_SHARED T sh_b[CB];
+  ZM_SHARED T sh_c[CB];
+  ZM_SHARED T sh_v[CB];
+  ZM_DEVICE const uint32_t* qmv_w = w_in;
+  ZM_DEVICE const T* qmv_s = s_in;
+  ZM_DEVICE const T* qmv_b = b_in;
+  const int qmv_kw = w_in_shape[w_in_ndim - 1];
+  ZM_DEVICE const T* qmv_x = x;
+  const int qmv_rows = D - c0 < CB ? D - c0 : CB;
+  {
+    const int qmv_row0 = c0;  // B rows
+""" + qmv_rows("sh_b[e] = g;") + """\
+  }
+  {
+    const int qmv_row0 = D + c0;  // C rows
+""" + qmv_rows("sh_c[e] = g;") + """\
+  }
+  {
+    const int qmv_row0 = 2 * D + c0;  // v rows
+""" + qmv_rows("sh_v[e] = g;") + """\
+  }
+  ZM_BARRIER();
+  const int ch = int(zm_tid);
+  if (ch >= qmv_rows) return;
+  const int row = 0;  // one token
+  const int d = c0 + ch;
+  const int i = d;
+""" + _TAIL
+
+PROJ_SPEC = KernelSpec(
+    name="short_conv_proj",
+    inputs=(Param("x"), Param("w_in", "uint32_t"), Param("s_in"), Param("b_in"), Param("state"),
+            Param("weight", "W"), Param("bias", "W")),
+    outputs=(Param("out"), Param("new_state")),
+    body=_PROJ_BODY,
+    templates=(("T", "float"), ("W", "float"), ("HAS_BIAS", False), ("ORDER", 0), ("A", "float"), ("BITS", 4),
+               ("QGS", 64), ("R", 2), ("CB", 16)),
+)
+_CHANNELS_PER_BLOCK = 16  # x 3 rows: 48 projection rows a block of 8 warps
+
+
+def short_conv_proj_reference(x: mx.array, in_proj: Quant, state: mx.array, weight: mx.array,
+                              bias: mx.array | None = None, *, group_size: int, bits: int):
+    """``short_conv_reference(QuantizedLinear(x), ...)``: mlx-lm's in_proj, then its short-conv step."""
+    w, s, b = in_proj
+    bcx = mx.quantized_matmul(x, w, scales=s, biases=b, transpose=True, group_size=group_size, bits=bits)
+    return short_conv_reference(bcx, state, weight, bias)
+
+
+def _proj_fits(x: mx.array, in_proj: Quant, state: mx.array, weight: mx.array, bias: mx.array | None,
+               group_size: int, bits: int) -> bool:
+    # anything else (malformed shapes included) takes the projection + short_conv, whose checks raise
+    w, s, b = in_proj
+    kdim, d = x.shape[-1], state.shape[-1]
+    return (x.ndim == 3 and x.shape[:2] == (1, 1) and state.ndim == 3 and state.shape[0] == 1
+            and state.shape[1] >= 1 and weight.shape == (d, state.shape[1] + 1, 1)
+            and (bias is None or (bias.shape == (d,) and bias.dtype == weight.dtype)) and x.dtype == mx.bfloat16
+            and state.dtype == x.dtype and weight.dtype == x.dtype and s.dtype == x.dtype and b is not None
+            and b.dtype == x.dtype and w.shape == (3 * d, kdim * bits // 32) and kdim > group_size
+            and mlx_numerics(1, 3 * d, kdim, group_size, bits) == "qmv")
+
+
+def short_conv_proj(x: mx.array, in_proj: Quant, state: mx.array, weight: mx.array, bias: mx.array | None = None,
+                    *, group_size: int, bits: int, stream: mx.Stream | None = None) -> tuple[mx.array, mx.array]:
+    """``short_conv(QuantizedLinear(x), state, weight, bias)`` for an affine-quantized ``in_proj`` ``(w, scales,
+    biases)``: one launch for one bf16 token on CUDA; elsewhere the projection, then ``short_conv``."""
+    target = target_for(stream)
+    if target == "cpu":
+        return short_conv_proj_reference(x, in_proj, state, weight, bias, group_size=group_size, bits=bits)
+    if target != "cuda" or not _proj_fits(x, in_proj, state, weight, bias, group_size, bits):
+        w, s, b = in_proj
+        bcx = mx.quantized_matmul(x, w, scales=s, biases=b, transpose=True, group_size=group_size, bits=bits)
+        return short_conv(bcx, state, weight, bias, stream=stream)
+    d, has_bias = state.shape[2], bias is not None
+    blocks = -(-d // _CHANNELS_PER_BLOCK)
+    out, new_state = launch(
+        PROJ_SPEC, "cuda", inputs=(x, *in_proj, state, weight, bias if has_bias else weight),
+        output_shapes=[(1, 1, d), state.shape], output_dtypes=[x.dtype, x.dtype],
+        threads=blocks * 256, threadgroup=256,
+        template=[("T", x.dtype), ("W", weight.dtype), ("HAS_BIAS", has_bias), ("ORDER", CUDA_ORDER),
+                  ("A", mx.float32 if bits == 8 else x.dtype), ("BITS", bits), ("QGS", group_size),
+                  ("R", rows_per_warp(bits, _CHANNELS_PER_BLOCK, 8)), ("CB", _CHANNELS_PER_BLOCK)],
+        stream=stream,
+    )
+    return out, new_state
+
+
 # --- checks: odd widths, LFM2's K=3 and a longer K, with and without bias ----------------------------------------
 
 _SHAPES = ((1, 33, 3, False), (3, 123, 3, True), (2, 31, 4, False), (1, 2048, 3, False))
@@ -144,7 +248,25 @@ def check_cases(seed: int) -> list[CheckCase]:
                 reference=lambda a=args: list(short_conv_reference(*a)),
                 exact=True,
             ))
+    for d, kdim, gs, bits, k, bias in _PROJ_SHAPES:  # the fused in_proj: bf16, one token
+        key, sub, kq = mx.random.split(key, 3)
+        _, state, weight, b = _inputs(1, d, k, bias, mx.bfloat16, sub)
+        x = mx.random.normal((1, 1, kdim), key=kq).astype(mx.bfloat16)
+        w_in = mx.quantize((mx.random.normal((3 * d, kdim), key=sub) * 0.05).astype(mx.bfloat16), group_size=gs,
+                           bits=bits)
+        args, kw = (x, w_in, state, weight, b), dict(group_size=gs, bits=bits)
+        cases.append(CheckCase(
+            op="conv", variant=f"short_conv_proj_d{d}_K{kdim}_g{gs}_{bits}bit_k{k}{'_bias' if bias else ''}",
+            dtype="bfloat16",
+            kernel=lambda a=args, kw=kw: list(short_conv_proj(*a, **kw)),
+            reference=lambda a=args, kw=kw: list(short_conv_proj_reference(*a, **kw)),
+            exact=True,
+        ))
     return cases
+
+
+# (D channels, K hidden, group size, bits, taps, bias): LFM2-8B-A1B's conv layer, and odd sizes with tail steps
+_PROJ_SHAPES = ((2048, 2048, 64, 4, 3, False), (123, 320, 32, 8, 3, True), (33, 128, 64, 4, 4, False))
 
 
 def reference_checks(seed: int) -> list[RefCheck]:
@@ -170,10 +292,11 @@ def reference_checks(seed: int) -> list[RefCheck]:
 
 OP = OpInfo(
     name="conv",
-    summary="LFM2 short conv at one token: B*v, depthwise conv over [state, B*v], C*, new state (one launch)",
-    variants=("short_conv",),
-    reference="zmlx.kernels.ops.conv.short_conv_reference",
-    kernel_specs=lambda: {"short_conv": SPEC},
+    summary="LFM2 short conv at one token: B*v, depthwise conv over [state, B*v], C*, new state (one launch); "
+            "short_conv_proj: with the quantized in_proj in the same launch",
+    variants=("short_conv", "short_conv_proj"),
+    reference="zmlx.kernels.ops.conv.short_conv_reference, short_conv_proj_reference",
+    kernel_specs=lambda: {"short_conv": SPEC, "short_conv_proj": PROJ_SPEC},
     check_cases=check_cases,
     reference_checks=reference_checks,
 )

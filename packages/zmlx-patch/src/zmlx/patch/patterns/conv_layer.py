@@ -84,8 +84,15 @@ def step(layer: nn.Module, site: ConvLayerSite, x: mx.array, state: mx.array) ->
     conv = layer.conv
     # The kernel reproduces MLX's CUDA convolution (checked on the H100). MLX's Metal convolution is a simdgroup-matrix
     # GEMM whose accumulation order is not mirrored and no Apple GPU has checked it, so Metal runs the eager ops.
-    short_conv = short_conv_reference if target_for() == "metal" else zk.short_conv
-    y, new_state = short_conv(conv.in_proj(layer.operator_norm(x)), state, conv.conv.weight, conv.conv.get("bias"))
+    metal = target_for() == "metal"
+    normed, p = layer.operator_norm(x), conv.in_proj
+    if site.fuse_conv_proj and not metal and type(p) is nn.QuantizedLinear and p.mode == "affine" and "bias" not in p:
+        # patch(fuse_conv_proj=True): in_proj inside the conv launch (its rows are per channel); not yet GPU-run
+        y, new_state = zk.short_conv_proj(normed, (p.weight, p.scales, p.biases), state, conv.conv.weight,
+                                          conv.conv.get("bias"), group_size=p.group_size, bits=p.bits)
+    else:
+        short_conv = short_conv_reference if metal else zk.short_conv
+        y, new_state = short_conv(p(normed), state, conv.conv.weight, conv.conv.get("bias"))
     return _residual(layer, site, x, conv.out_proj(y), fold=FOLD_RESIDUAL), new_state
 
 
