@@ -8,6 +8,8 @@ router: fused = zk.quantized_router (router projection + routing, one launch); s
 + bias for gpt-oss), then the zmlx routing kernel (what moe_mlp runs by default).
 qkv: fused = zk.qkv_norm_rope (q/k/v projections + q/k norm + RoPE, one launch); split = three MLX quantized_matmul,
 the reshapes, zk.qk_norm_rope and the value transpose (what the qk_norm_rope pattern runs by default).
+conv: fused = zk.short_conv_proj (LFM2's in_proj + short conv, one launch); split = MLX's quantized_matmul, then
+zk.short_conv (what conv_layer runs by default).
 """
 
 from __future__ import annotations
@@ -54,6 +56,26 @@ def _qkv_forms(hq, hk, hd, d, bits):
     return fused, split
 
 
+def _conv_forms(d, k):
+    import mlx.core as mx
+    from zmlx.kernels.ops import conv
+
+    ks = mx.random.split(mx.random.key(d + k), 4)
+    x = mx.random.normal((1, 1, d), key=ks[0]).astype(mx.bfloat16)
+    w_in = mx.quantize((mx.random.normal((3 * d, d), key=ks[1]) * 0.05).astype(mx.bfloat16), group_size=64, bits=4)
+    state = mx.random.normal((1, k - 1, d), key=ks[2]).astype(mx.bfloat16)
+    weight = mx.random.normal((d, k, 1), key=ks[3]).astype(mx.bfloat16)
+
+    def fused():
+        return conv.short_conv_proj(x, w_in, state, weight, group_size=64, bits=4)
+
+    def split():
+        bcx = mx.quantized_matmul(x, *w_in, transpose=True, group_size=64, bits=4)
+        return conv.short_conv(bcx, state, weight)
+
+    return fused, split
+
+
 def _router_forms(e, d, k, variant, rbias, kw):
     import mlx.core as mx
     from zmlx.kernels.ops import router as RT
@@ -83,6 +105,7 @@ def run(calls: int, host_reps: int) -> None:
              for m, e, d, k, v, rb, kw in ROUTER_SHAPES]
     cases += [(f"qkv    {m:<14} {hq}/{hk} x {hd}, D{d}", _qkv_forms(hq, hk, hd, d, bits))
               for m, hq, hk, hd, d, bits in QKV_SHAPES]
+    cases.append(("conv   lfm2-8b-a1b    D2048 K3", _conv_forms(2048, 3)))
     for label, (fused, split) in cases:
         f, s = fused(), split()
         mx.eval(f, s)
