@@ -96,16 +96,17 @@ def test_python_m_report_is_the_same_report(tiny_capsule, capsys):
     assert capsys.readouterr().out == via_cli
 
 
-def test_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch, capsys, model_result_factory):
-    """Ctrl-C during the second model: exit 130, no capsule, no temporary file."""
-    calls = []
+def _fake_models(monkeypatch, model_result_factory, interrupt_at: int | None = None) -> list[dict]:
+    """zmlx.validate's loader and fidelity run replaced by fakes; returns the list of run_fidelity keyword arguments
+    (Ctrl-C at call ``interrupt_at``)."""
+    calls: list[dict] = []
 
     def fake_load(spec, *, cache_dir=None):
         return SimpleNamespace(model_type="qwen3_moe"), CharTokenizer(), spec
 
     def fake_run(model, tokenizer, **kw):
         calls.append(kw)
-        if len(calls) == 2:
+        if len(calls) == interrupt_at:
             raise KeyboardInterrupt
         r = model_result_factory("x", [100.0, 101.0], [110.0, 111.0])
         return SimpleNamespace(fidelity=r.fidelity, baseline=r.baseline, patched=r.patched,
@@ -113,6 +114,12 @@ def test_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch, capsys, mo
 
     monkeypatch.setattr(validate, "load_model", fake_load, raising=False)
     monkeypatch.setattr(validate, "run_fidelity", fake_run, raising=False)
+    return calls
+
+
+def test_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch, capsys, model_result_factory):
+    """Ctrl-C during the second model: exit 130, no capsule, no temporary file."""
+    calls = _fake_models(monkeypatch, model_result_factory, interrupt_at=2)
     out_dir = tmp_path / "out"
     rc = main(["run", "synthetic:a", "synthetic:b", "--runs", "2", "--prompt-tokens", "8",
                "--out", f"{out_dir}/new/"])
@@ -181,19 +188,7 @@ def test_unwritable_out_fails_before_any_model_loads(tmp_path, monkeypatch, caps
 
 def test_opt_in_fusions_reach_the_patch_and_the_capsule(tmp_path, monkeypatch, capsys, model_result_factory):
     """--fuse-router / --fuse-qkv are patch() arguments; the capsule's methodology and report say they were on."""
-    calls = []
-
-    def fake_load(spec, *, cache_dir=None):
-        return SimpleNamespace(model_type="qwen3_moe"), CharTokenizer(), spec
-
-    def fake_run(model, tokenizer, **kw):
-        calls.append(kw)
-        r = model_result_factory("x", [100.0, 101.0], [110.0, 111.0])
-        return SimpleNamespace(fidelity=r.fidelity, baseline=r.baseline, patched=r.patched,
-                               patch=PatchInfo(model_type="qwen3_moe", counts={"moe_mlp": 2}, patterns=["moe_mlp"]))
-
-    monkeypatch.setattr(validate, "load_model", fake_load, raising=False)
-    monkeypatch.setattr(validate, "run_fidelity", fake_run, raising=False)
+    calls = _fake_models(monkeypatch, model_result_factory)
     out = tmp_path / "c.json"
     assert main(["run", "synthetic:a", "--runs", "2", "--prompt-tokens", "8", "--fuse-router", "--fuse-qkv",
                  "--quiet", "--out", str(out)]) == 0
