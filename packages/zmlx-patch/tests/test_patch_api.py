@@ -39,6 +39,16 @@ def test_verbose_output_has_the_tour_shape(capsys):
     ]
     assert isinstance(result, PatchResult) and result.total == 6
     assert list(result.not_applied) == ["residual_norm"]  # opt-in
+    assert result.opt_ins == []
+
+
+def test_verbose_output_names_the_opt_ins_asked_for(capsys):
+    model = tiny.build("lfm2_moe")
+    result = patch(model, fuse_conv_proj=True, fuse_router=True)
+    out = capsys.readouterr().out.splitlines()
+    assert result.opt_ins == ["fuse_router", "fuse_conv_proj"]
+    assert out[-1] == ("[zmlx.patch] opt-in fusions (bit-exact where they run; see docs/perf-notes.md): "
+                       "fuse_router, fuse_conv_proj")
 
 
 @pytest.mark.parametrize("family,approximate", [("gemma", False), ("gemma2", True), ("gemma3_text", True)])

@@ -33,6 +33,8 @@ class PatchResult:
     message: str = ""
     # whether the quantized projections were fused (patch()'s fuse_projections, the family default resolved)
     fuse_projections: bool = False
+    # the opt-in fusions asked for (fuse_router, fuse_qkv, fuse_conv_proj), in that order
+    opt_ins: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -136,6 +138,8 @@ def patch(
     if fuse_projections is None:
         fuse_projections = bool(family.fuse_on_cuda) and on_cuda
     result.fuse_projections = bool(fuse_projections)
+    result.opt_ins = [name for name, on in (("fuse_router", fuse_router), ("fuse_qkv", fuse_qkv),
+                                            ("fuse_conv_proj", fuse_conv_proj)) if on]
     result.patterns = _select(family, wanted, excluded, result, on_cuda)
     # patterns kept on CUDA only because the projections are fused: a block whose projections cannot be fused
     # (e.g. MXFP4 experts) would run the slower unfused path, so it keeps its own code
@@ -201,6 +205,8 @@ def _print(result: PatchResult) -> None:
         print("Patched 0 modules.")
     if result.fuse_projections and result.total:
         print(f"{PREFIX} fuse_projections: quantized projections fused at decode")
+    if result.opt_ins and result.total:
+        print(f"{PREFIX} opt-in fusions (bit-exact where they run; see docs/perf-notes.md): {', '.join(result.opt_ins)}")
     if result.message:
         print(result.message)
 
