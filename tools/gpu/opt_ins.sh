@@ -4,6 +4,7 @@
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh tests   # GPU tests of both, parallel (~5 min)
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh lfm2    # device cost (ncu), lfm2 decode A/B
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh qwen3   # qwen3 A/B and host/device split (build 3+ min)
+#   ... bash tools/gpu/opt_ins.sh capsule lfm2-8b-a1b --fuse-qkv ...     # the claim: a capsule, 500 tokens x 5 runs
 # Timing phases run nothing else on the GPU.
 set -uo pipefail
 OUT=${OUT:-/tmp/zmlx-out}; mkdir -p "$OUT"
@@ -34,5 +35,12 @@ case "${1:-}" in
         --steps 40 2>&1 | tail -2 | tr '\n' ' ')"
     done
     ;;
-  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3" >&2; exit 2 ;;
+  capsule)
+    [ $# -ge 2 ] || { echo "usage: bash tools/gpu/opt_ins.sh capsule MODEL [zmlx-bench run flags]" >&2; exit 2; }
+    m=$2; shift 2
+    python3 -m zmlx.bench run "synthetic:$m" --runs 5 --max-tokens 500 --prompt-tokens 512 --warmup 1 \
+      --cache-dir /tmp/zmlx-synth --quiet --note "zmlx $(cat .zmlx-commit 2>/dev/null) $*" "$@" \
+      --out "$OUT/${m}_capsule.json" 2>&1 | tail -2
+    ;;
+  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3|capsule MODEL [flags]" >&2; exit 2 ;;
 esac
