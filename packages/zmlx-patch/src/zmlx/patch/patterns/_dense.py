@@ -13,6 +13,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from zmlx import kernels as zk
 
+from ._structure import affine_quantized
+
 
 @dataclass(frozen=True)
 class DensePlan:
@@ -27,14 +29,9 @@ _PLANS: dict[int, tuple[weakref.ref, DensePlan | None]] = {}
 
 
 def _build(gate: nn.Module, up: nn.Module) -> DensePlan | None:
-    projs = (gate, up)
-    if not all(type(p) is nn.QuantizedLinear for p in projs):
+    quant = [affine_quantized(p) for p in (gate, up)]
+    if any(q is None for q in quant) or (gate.group_size, gate.bits) != (up.group_size, up.bits):
         return None
-    if any(p.mode != "affine" or p.get("biases") is None or "bias" in p for p in projs):
-        return None
-    if (gate.group_size, gate.bits) != (up.group_size, up.bits):
-        return None
-    quant = [(p["weight"], p["scales"], p["biases"]) for p in projs]
     return DensePlan(*quant, gate.group_size, gate.bits)
 
 

@@ -22,7 +22,7 @@ from zmlx.kernels.ops.conv import short_conv_reference
 from .. import _swap
 from ..families import ConvLayerSite
 from . import moe_mlp
-from ._structure import missing_modules
+from ._structure import affine_quantized, missing_modules
 
 # Whether the traced step hands `h` to a patched MoE feed-forward to add in its last launch (tools/gpu/ab_decode.py
 # turns it off with the config part "nofold" to measure it; bit-exact either way)
@@ -86,10 +86,11 @@ def step(layer: nn.Module, site: ConvLayerSite, x: mx.array, state: mx.array) ->
     # GEMM whose accumulation order is not mirrored and no Apple GPU has checked it, so Metal runs the eager ops.
     metal = target_for() == "metal"
     normed, p = layer.operator_norm(x), conv.in_proj
-    if site.fuse_conv_proj and not metal and type(p) is nn.QuantizedLinear and p.mode == "affine" and "bias" not in p:
+    quant = affine_quantized(p) if site.fuse_conv_proj and not metal else None
+    if quant is not None:
         # patch(fuse_conv_proj=True): in_proj inside the conv launch (its rows are per channel); not yet GPU-run
-        y, new_state = zk.short_conv_proj(normed, (p.weight, p.scales, p.biases), state, conv.conv.weight,
-                                          conv.conv.get("bias"), group_size=p.group_size, bits=p.bits)
+        y, new_state = zk.short_conv_proj(normed, quant, state, conv.conv.weight, conv.conv.get("bias"),
+                                          group_size=p.group_size, bits=p.bits)
     else:
         short_conv = short_conv_reference if metal else zk.short_conv
         y, new_state = short_conv(p(normed), state, conv.conv.weight, conv.conv.get("bias"))

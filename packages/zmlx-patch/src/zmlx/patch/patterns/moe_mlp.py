@@ -19,7 +19,7 @@ from zmlx.kernels.ops.router import VARIANTS as QUANTIZED_ROUTER_VARIANTS
 
 from ..families import Attr, MoeSite, XDtype
 from ._experts import fused_experts, plan_for
-from ._structure import lookup, missing_modules
+from ._structure import affine_quantized, lookup, missing_modules
 
 SUMMARY = (
     "sparse MoE block: gating (zk routing op per family) and expert combine (zk.moe_combine) fused, the decode "
@@ -90,16 +90,16 @@ def _route(self: nn.Module, site: MoeSite, x: mx.array) -> tuple[mx.array, mx.ar
             kwargs[name] = obj
         else:
             kwargs[name] = x.dtype if kind == _XDTYPE else value
-    router = lookup(self, site.router) if site.logits == "linear" else None
     # patch(fuse_router=True): off by default, one block reading the whole router is slower on the H100's device
     # than MLX's qmv + the routing kernel (17.8-49 us against 15.5-19.4, docs/perf-notes.md v7)
-    if (site.fuse_router and type(router) is nn.QuantizedLinear and router.mode == "affine"
-            and site.gating.op in QUANTIZED_ROUTER_VARIANTS):
-        # routing(router(x)) as QuantizedLinear computes the logits (the exact class: a subclass may compute
-        # something else); the op falls back to exactly that elsewhere
-        return zk.quantized_router(x, (router.weight, router.scales, router.biases), group_size=router.group_size,
-                                   bits=router.bits, variant=site.gating.op,
-                                   router_bias=router["bias"] if "bias" in router else None, **kwargs)
+    if site.fuse_router and site.logits == "linear" and site.gating.op in QUANTIZED_ROUTER_VARIANTS:
+        router = lookup(self, site.router)
+        quant = affine_quantized(router, bias=True)
+        if quant is not None:
+            # routing(router(x)) as QuantizedLinear computes the logits; the op falls back to exactly that elsewhere
+            return zk.quantized_router(x, quant, group_size=router.group_size, bits=router.bits,
+                                       variant=site.gating.op,
+                                       router_bias=router["bias"] if "bias" in router else None, **kwargs)
     return getattr(zk, site.gating.op)(_logits(self, site, x), **kwargs)
 
 

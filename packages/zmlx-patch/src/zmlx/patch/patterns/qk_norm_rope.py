@@ -17,16 +17,18 @@ from zmlx import kernels as zk
 
 from .._swap import original_class
 from ..families import AttentionSite
-from ._structure import missing_modules
+from ._structure import affine_quantized, missing_modules
 
 SUMMARY = "attention: per-head q/k RMSNorm + RoPE in one launch (zk.qk_norm_rope), output in the cache's layout"
 
 
-def _quantized_qkv(module: nn.Module) -> bool:
-    projs = [module.q_proj, module.k_proj, module.v_proj]
-    # exact type: a subclass (LoRA, sharded variants) may compute something else in its __call__
-    return (all(type(p) is nn.QuantizedLinear and p.mode == "affine" and "bias" not in p for p in projs)
-            and len({(p.group_size, p.bits) for p in projs}) == 1)
+def _quantized_qkv(module: nn.Module) -> list | None:
+    """The q/k/v projections' (weight, scales, biases) when all three are affine-quantized alike, without bias."""
+    projs = (module.q_proj, module.k_proj, module.v_proj)
+    quant = [affine_quantized(p) for p in projs]
+    if any(q is None for q in quant) or len({(p.group_size, p.bits) for p in projs}) != 1:
+        return None
+    return quant
 
 
 def check(module: nn.Module, site: AttentionSite) -> str | None:
@@ -54,12 +56,11 @@ def fused(self: nn.Module, site: AttentionSite, x: mx.array, mask: Any = None, c
     q_norm, k_norm, rope = self[site.q_norm], self[site.k_norm], self.rope
     # patch(fuse_qkv=True): 3 projections, 6 reshapes/transposes and the norm + RoPE launch as one launch
     # (zk.qkv_norm_rope); off by default until it has been compared and timed on a GPU
-    if site.fuse_qkv and _quantized_qkv(self):
-        qp, kp, vp = self.q_proj, self.k_proj, self.v_proj
+    quant = _quantized_qkv(self) if site.fuse_qkv else None
+    if quant is not None:
         queries, keys, values = zk.qkv_norm_rope(
-            x, (qp.weight, qp.scales, qp.biases), (kp.weight, kp.scales, kp.biases), (vp.weight, vp.scales, vp.biases),
-            q_norm["weight"], k_norm["weight"], q_norm.eps, k_norm.eps, n_heads=self.n_heads,
-            n_kv_heads=self.n_kv_heads, group_size=qp.group_size, bits=qp.bits,
+            x, *quant, q_norm["weight"], k_norm["weight"], q_norm.eps, k_norm.eps, n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads, group_size=self.q_proj.group_size, bits=self.q_proj.bits,
             offset=offset, base=rope.base, scale=rope.scale, traditional=rope.traditional,
         )
         return _attend(self, site, queries, keys, values, mask, cache)
