@@ -19,7 +19,7 @@ import math
 import mlx.core as mx
 import numpy as np
 
-from ..backend import constant, gpu_backend, launch, target_for
+from ..backend import constant, gpu_backend, launch, positions, target_for
 from ..emit import KernelSpec, Param
 from ._base import DTYPES, REF_TOLERANCE, TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64, dtype_name
 from .norms import RMS_SUM_OF_SQUARES, mlx_rms_layout
@@ -61,7 +61,7 @@ NORM_ROPE = """\
   }
   ZM_BARRIER();
   ZM_DEVICE T* dst = (is_q ? q_out : k_out) + ((b * H + h) * L + l) * HD;
-  const float pos = params[3] * static_cast<float>(meta[0] + l);
+  const float pos = params[3] * static_cast<float>(pos0[0] + l);
   for (int p = int(zm_tid); p < HD / 2; p += BS) {
     const float d = static_cast<float>(p) / static_cast<float>(HD / 2);
     const float inv_freq = zm_exp2f(-d * params[2]);
@@ -82,8 +82,8 @@ NORM_ROPE = """\
 # One threadgroup per (token, head) row, q rows first. Normalise into shared memory (rounded to T, as the
 # rms_norm primitive's output is), then each thread rotates pairs and writes them at (b, h, l, :).
 _BODY = """\
-  const int rows = meta[1];     // B * L * (HQ + HK)
-  const int L = meta[2];
+  const int L = q_shape[1];
+  const int rows = q_shape[0] * L * (HQ + HK);
   const int row = int(zm_bid);
   if (row >= rows) return;
   ZM_SHARED float rms_partial[32];
@@ -104,7 +104,7 @@ _BODY = """\
 SPEC = KernelSpec(
     name="qk_norm_rope",
     inputs=(Param("q"), Param("k"), Param("q_weight"), Param("k_weight"), Param("params", "float"),
-            Param("meta", "int32_t")),
+            Param("pos0", "int32_t")),
     outputs=(Param("q_out"), Param("k_out")),
     body=_BODY,
     templates=(("T", "float"), ("HD", 128), ("HQ", 4), ("HK", 2), ("BS", 64), ("NCH", 1), ("NR", 4),
@@ -136,7 +136,7 @@ def qk_norm_rope(
     params = constant((q_eps, k_eps, _log2f(base), scale))
     q_out, k_out = launch(
         SPEC, target,
-        inputs=(q, k, q_weight, k_weight, params, mx.array([offset, rows, seq], dtype=mx.int32)),
+        inputs=(q, k, q_weight, k_weight, params, positions(offset)),
         output_shapes=[(b, hq, seq, d), (b, hk, seq, d)], output_dtypes=[q.dtype, q.dtype],
         threads=rows * threads, threadgroup=threads,
         template=[("T", q.dtype), ("HD", d), ("HQ", hq), ("HK", hk), ("BS", threads), ("NCH", chunks),

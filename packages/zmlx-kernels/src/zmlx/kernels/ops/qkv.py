@@ -18,7 +18,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from ..backend import constant, launch, target_for
+from ..backend import constant, launch, positions, target_for
 from ..emit import KernelSpec, Param
 from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64
 from ._qmv import qmv_rows, rows_per_warp
@@ -60,7 +60,7 @@ SPEC = KernelSpec(
     name="qkv_norm_rope",
     inputs=(Param("x"), Param("w_q", "uint32_t"), Param("s_q"), Param("b_q"), Param("w_k", "uint32_t"),
             Param("s_k"), Param("b_k"), Param("w_v", "uint32_t"), Param("s_v"), Param("b_v"), Param("q_weight"),
-            Param("k_weight"), Param("params", "float"), Param("meta", "int32_t")),
+            Param("k_weight"), Param("params", "float"), Param("pos0", "int32_t")),
     outputs=(Param("q_out"), Param("k_out"), Param("v_out")),
     body=_BODY,
     templates=(("T", "float"), ("A", "float"), ("BITS", 4), ("QGS", 64), ("R", 4), ("HD", 128), ("HQ", 4),
@@ -130,7 +130,7 @@ def qkv_norm_rope(
     return tuple(launch(
         SPEC, "cuda",
         inputs=(x, *q, *k, *v, q_weight, k_weight, constant((q_eps, k_eps, _log2f(base), scale)),
-                mx.array([offset], dtype=mx.int32)),
+                positions(offset)),
         output_shapes=shapes, output_dtypes=[x.dtype] * 3,
         threads=(n_heads + 2 * n_kv_heads) * tb, threadgroup=tb,
         template=[("T", x.dtype), ("A", mx.float32 if bits == 8 else x.dtype), ("BITS", bits), ("QGS", group_size),
