@@ -31,7 +31,7 @@ PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "
          "conv": ["conv_layer"]}
 # switch part -> (pattern module, its module-level flag, the flag's value while a config naming the part runs;
 # the opposite otherwise): measurement switches that are not patch() arguments
-SWITCHES = {"nofold": ("conv_layer", "FOLD_RESIDUAL", False)}
+SWITCHES = {"nofold": ("conv_layer", "FOLD_RESIDUAL", False), "noprologue": ("qk_norm_rope", "TRACE_PROLOGUE", False)}
 # part -> the opt-in patch() argument it turns on, alone or after 'default'
 OPT_INS = {"router": "fuse_router", "qkv": "fuse_qkv", "convproj": "fuse_conv_proj"}
 

@@ -74,3 +74,13 @@ def test_log2_base_is_float32_log2():
         assert np.float32(got) == got
         assert abs(got - np.log2(base)) <= 2 * np.spacing(np.float32(np.log2(base)))
     assert attention._log2f(8.0) == 3.0
+
+
+@pytest.mark.parametrize("offset", [0, 31, 4097])
+def test_offset_as_a_device_array_rotates_as_the_int(offset):
+    # a traced decode step passes its position in as one int32
+    q, k, qw, kw = _qk(1, 1, 6, 2, 64, mx.bfloat16)
+    args = dict(base=1e6, scale=1.0)
+    want = zk.qk_norm_rope(q, k, qw, kw, 1e-6, 1e-6, offset=offset, **args)
+    got = zk.qk_norm_rope(q, k, qw, kw, 1e-6, 1e-6, offset=mx.array([offset], dtype=mx.int32), **args)
+    assert all(mx.array_equal(a, b).item() for a, b in zip(got, want, strict=True))

@@ -27,3 +27,16 @@ def test_table_is_reused_and_grows_by_doubling():
 def test_bad_positions_are_refused(start, n):
     with pytest.raises(ValueError, match="positions"):
         backend.positions(start, n)
+
+
+def test_position_input_takes_an_int_or_one_device_int32():
+    assert backend.position_input(123).tolist() == [123]
+    pos = mx.array([77], dtype=mx.int32)
+    assert backend.position_input(pos).tolist() == [77]
+    assert backend.position_input(mx.array(77, dtype=mx.int32)).shape == (1,)
+
+
+@pytest.mark.parametrize("bad", [mx.array([1, 2], dtype=mx.int32), mx.array([1.0]), mx.array([3], dtype=mx.int64)])
+def test_position_input_refuses_other_arrays(bad):
+    with pytest.raises(ValueError, match="offset array must be one int32"):
+        backend.position_input(bad)

@@ -40,24 +40,30 @@ def test_compiled_blocks_exact_at_decode_and_prefill(family, quantized):
 
     feed_forward = sum(n for p, n in result.counts.items() if p == "moe_mlp" and p != EAGER.get(family))
     layers = result.counts.get("conv_layer", 0)  # LFM2 short-conv layers trace their whole decode step
-    assert len(traced) == feed_forward + layers, "every patched MoE block and conv layer (nothing else) is traced"
+    prologues = result.counts.get("qk_norm_rope", 0)  # attention up to the cache update, the position an input
+    assert len(traced) == feed_forward + layers + prologues, \
+        "every patched MoE block, conv layer and attention prologue (nothing else) is traced"
     assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
     assert mx.array_equal(got_many, want_many).item(), "prefill (M > max_fused_tokens) takes the original path"
     assert restored == result.total and _traced(model) == [], "unpatch must drop every traced function"
     assert all(mx.array_equal(a, b).item() for a, b in zip(want, _decode(model, seq), strict=True))
 
 
-def test_compiled_block_sees_weight_updates():
+# v_proj: at the first position attention returns v whatever q and k are
+@pytest.mark.parametrize("module", ["mlp.switch_mlp.down_proj", "self_attn.v_proj"])
+def test_compiled_block_sees_weight_updates(module):
     model = tiny.build("qwen3_moe", quantized=True)
     one = tiny.tokens(1, seed=4)
     patch(model, verbose=False, compile_blocks=True)
-    before = model(one)
-    mlp = model.model.layers[1].mlp
-    mlp.switch_mlp.down_proj.scales = mlp.switch_mlp.down_proj.scales * 3
-    after = model(one)
+    before = model(one, cache=make_prompt_cache(model))
+    proj = model.model.layers[1]
+    for name in module.split("."):
+        proj = getattr(proj, name)
+    proj.scales = proj.scales * 3
+    after = model(one, cache=make_prompt_cache(model))
     unpatch(model)
     assert not mx.array_equal(before, after).item(), "a traced graph must not hold on to replaced weights"
-    assert mx.array_equal(after, model(one)).item()
+    assert mx.array_equal(after, model(one, cache=make_prompt_cache(model))).item()
 
 
 def test_on_by_default_off_when_asked_and_idempotent():

@@ -78,7 +78,7 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 # fuse_projections force it either way; eager: no mx.compile tracing; residual_norm: the defaults plus the opt-in
 # residual_norm, where a family has it; quantized_router: the defaults + fuse_router (the router projection inside
 # the routing launch; off by default: slower on the device, docs/perf-notes.md v7), MoE families only; qkv: the
-# defaults + fuse_qkv (the q/k/v projections inside the qk_norm_rope launch; off by default: not yet run on a GPU);
+# defaults + fuse_qkv (the q/k/v projections inside the qk_norm_rope launch; off by default: slower on the device);
 # conv_proj: the defaults + fuse_conv_proj (LFM2's in_proj inside the short-conv launch; likewise)
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
          "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {"fuse_router": True},

@@ -117,6 +117,16 @@ def positions(start: int, n: int = 1) -> mx.array:
     return table[start:start + n]
 
 
+def position_input(offset: int | mx.array) -> mx.array:
+    """A kernel's int32 ``(1,)`` position input: ``positions(offset)`` for an int, the array itself for an array
+    (a traced decode step passes its position in, so one trace serves every step)."""
+    if isinstance(offset, mx.array):
+        if offset.dtype != mx.int32 or offset.size != 1:
+            raise ValueError(f"offset array must be one int32, got {offset.dtype} of shape {offset.shape}")
+        return offset.reshape(1)
+    return positions(int(offset))
+
+
 def launch(
     spec: KernelSpec,
     backend: Backend,

@@ -102,6 +102,8 @@ class AttentionSite:
     out: str
     # set by patch(fuse_qkv=True): at one token, affine-quantized q/k/v projections run inside the norm+RoPE launch
     fuse_qkv: bool = False
+    # set by patch(compile_blocks=True): at one token the prologue up to the cache update runs through mx.compile
+    traced: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import math
 import mlx.core as mx
 import numpy as np
 
-from ..backend import constant, gpu_backend, launch, positions, target_for
+from ..backend import constant, gpu_backend, launch, position_input, target_for
 from ..emit import KernelSpec, Param
 from ._base import DTYPES, REF_TOLERANCE, TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64, dtype_name
 from .norms import RMS_SUM_OF_SQUARES, mlx_rms_layout
@@ -27,7 +27,7 @@ from .norms import RMS_SUM_OF_SQUARES, mlx_rms_layout
 
 def qk_norm_rope_reference(
     q: mx.array, k: mx.array, q_weight: mx.array, k_weight: mx.array, q_eps: float, k_eps: float, *,
-    offset: int, base: float, scale: float = 1.0, traditional: bool = False,
+    offset: int | mx.array, base: float, scale: float = 1.0, traditional: bool = False,
 ) -> tuple[mx.array, mx.array]:
     dims = q.shape[-1]
 
@@ -114,11 +114,13 @@ SPEC = KernelSpec(
 
 def qk_norm_rope(
     q: mx.array, k: mx.array, q_weight: mx.array, k_weight: mx.array, q_eps: float, k_eps: float, *,
-    offset: int, base: float, scale: float = 1.0, traditional: bool = False, stream: mx.Stream | None = None,
+    offset: int | mx.array, base: float, scale: float = 1.0, traditional: bool = False,
+    stream: mx.Stream | None = None,
 ) -> tuple[mx.array, mx.array]:
     """``q``: (B, L, HQ, D), ``k``: (B, L, HK, D) -> RMSNorm'd and rotated, as (B, HQ, L, D) and (B, HK, L, D).
 
-    ``offset`` is the position of the first token (``cache.offset``); ``base``/``scale``/``traditional`` are
+    ``offset`` is the position of the first token (``cache.offset``), an int or one int32 on the device (what a
+    traced decode step passes in); ``base``/``scale``/``traditional`` are
     ``nn.RoPE``'s, rotating all ``D`` dimensions.
     """
     target = target_for(stream)
@@ -136,7 +138,7 @@ def qk_norm_rope(
     params = constant((q_eps, k_eps, _log2f(base), scale))
     q_out, k_out = launch(
         SPEC, target,
-        inputs=(q, k, q_weight, k_weight, params, positions(offset)),
+        inputs=(q, k, q_weight, k_weight, params, position_input(offset)),
         output_shapes=[(b, hq, seq, d), (b, hk, seq, d)], output_dtypes=[q.dtype, q.dtype],
         threads=rows * threads, threadgroup=threads,
         template=[("T", q.dtype), ("HD", d), ("HQ", hq), ("HK", hk), ("BS", threads), ("NCH", chunks),
@@ -169,9 +171,11 @@ def check_cases(seed: int) -> list[CheckCase]:
             key, sub = mx.random.split(key)
             q, k, qw, kw = _inputs(b, seq, hq, hk, d, dtype, sub)
             kw_args = dict(offset=offset, base=1e6 if i % 2 == 0 else 10000.0, scale=1.0, traditional=i == 3)
+            # odd shapes take the position as a device array, as a traced decode step passes it
+            pos = dict(kw_args, offset=mx.array([offset], dtype=mx.int32)) if i % 2 else kw_args
             cases.append(CheckCase(
                 op="attention", variant="qk_norm_rope", dtype=dtype_name(dtype),
-                kernel=lambda q=q, k=k, qw=qw, kw=kw, a=kw_args: list(qk_norm_rope(q, k, qw, kw, 1e-6, 1e-5, **a)),
+                kernel=lambda q=q, k=k, qw=qw, kw=kw, a=pos: list(qk_norm_rope(q, k, qw, kw, 1e-6, 1e-5, **a)),
                 reference=lambda q=q, k=k, qw=qw, kw=kw, a=kw_args: list(
                     qk_norm_rope_reference(q, k, qw, kw, 1e-6, 1e-5, **a)),
                 exact=exact, atol=TOLERANCE[dtype] * 8,

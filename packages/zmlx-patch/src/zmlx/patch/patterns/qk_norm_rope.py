@@ -2,7 +2,9 @@
 
 The rest of the block is its own code, line for line (families.AttentionSite): projections, the value transpose,
 ``cache.update_and_fetch``, mlx-lm's ``scaled_dot_product_attention`` and the output projection; at one token the
-two (B, L, H, D) <-> (B, H, L, D) transposes, which move no data there, are single reshapes. Caches whose
+two (B, L, H, D) <-> (B, H, L, D) transposes, which move no data there, are single reshapes, and with
+``compile_blocks`` the prologue (projections, reshapes, the launch) is traced by ``mx.compile`` once, the position
+an input (``zk`` kernels read it from a device array), so no step rebuilds it in Python. Caches whose
 ``offset`` is not a plain int (batched generation keeps one offset per sequence) take the block's original path.
 """
 
@@ -14,10 +16,15 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import scaled_dot_product_attention
 from zmlx import kernels as zk
+from zmlx.kernels.backend import positions
 
-from .._swap import original_class
+from .._swap import compiled_fn, original_class
 from ..families import AttentionSite
 from ._structure import affine_quantized, missing_modules
+
+# Whether compile_blocks traces the prologue at one token (tools/gpu/ab_decode.py turns it off with the config part
+# "noprologue" to measure it; bit-exact either way)
+TRACE_PROLOGUE = True
 
 SUMMARY = "attention: per-head q/k RMSNorm + RoPE in one launch (zk.qk_norm_rope), output in the cache's layout"
 
@@ -48,29 +55,42 @@ def check(module: nn.Module, site: AttentionSite) -> str | None:
     return None
 
 
-def fused(self: nn.Module, site: AttentionSite, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-    offset = 0 if cache is None else getattr(cache, "offset", None)
-    if type(offset) is not int:
-        return original_class(self).__call__(self, x, mask, cache)
+def _prologue(self: nn.Module, site: AttentionSite, x: mx.array, offset: int | mx.array):
+    """q, k, v in the cache's (B, H, L, D) layout; ``offset`` an int or, in the traced step, one int32 array."""
     B, L, _ = x.shape
     q_norm, k_norm, rope = self[site.q_norm], self[site.k_norm], self.rope
     # patch(fuse_qkv=True): 3 projections, 6 reshapes/transposes and the norm + RoPE launch as one launch
-    # (zk.qkv_norm_rope); off by default until it has been compared and timed on a GPU
+    # (zk.qkv_norm_rope); opt-in: slower on the device than the three qmv launches it replaces (v8)
     quant = _quantized_qkv(self) if site.fuse_qkv else None
     if quant is not None:
-        queries, keys, values = zk.qkv_norm_rope(
+        return zk.qkv_norm_rope(
             x, *quant, q_norm["weight"], k_norm["weight"], q_norm.eps, k_norm.eps, n_heads=self.n_heads,
             n_kv_heads=self.n_kv_heads, group_size=self.q_proj.group_size, bits=self.q_proj.bits,
             offset=offset, base=rope.base, scale=rope.scale, traditional=rope.traditional,
         )
-        return _attend(self, site, queries, keys, values, mask, cache)
     queries, keys, values = self.q_proj(x), self.k_proj(x), self.v_proj(x)
     queries, keys = zk.qk_norm_rope(
         queries.reshape(B, L, self.n_heads, -1), keys.reshape(B, L, self.n_kv_heads, -1),
         q_norm["weight"], k_norm["weight"], q_norm.eps, k_norm.eps,
         offset=offset, base=rope.base, scale=rope.scale, traditional=rope.traditional,
     )
-    values = _heads_first(values, B, L, self.n_kv_heads)
+    return queries, keys, _heads_first(values, B, L, self.n_kv_heads)
+
+
+def _trace_prologue(self: nn.Module, site: AttentionSite):
+    # inputs=self: the projections' and norms' arrays are read at every call, never stale
+    return mx.compile(lambda x, pos: _prologue(self, site, x, pos), inputs=self)
+
+
+def fused(self: nn.Module, site: AttentionSite, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+    offset = 0 if cache is None else getattr(cache, "offset", None)
+    if type(offset) is not int:
+        return original_class(self).__call__(self, x, mask, cache)
+    if site.traced and TRACE_PROLOGUE and x.shape[1] == 1:
+        # one token: the prologue's graph is the same every step but for the position, passed in as an array
+        queries, keys, values = compiled_fn(self, _trace_prologue, self, site)(x, positions(offset))
+    else:
+        queries, keys, values = _prologue(self, site, x, offset)
     return _attend(self, site, queries, keys, values, mask, cache)
 
 
