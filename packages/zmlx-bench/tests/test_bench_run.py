@@ -56,6 +56,7 @@ def test_run_writes_a_capsule_that_report_compare_and_schema_accept(tiny_capsule
     cap = load_capsule(out)
     m = cap.methodology
     assert (m.runs, m.max_tokens, m.prompt_tokens, m.warmup_runs, m.order) == (2, 16, 32, 1, "interleaved")
+    assert m.patch_held is True  # patched once; baseline runs inside zmlx.patch.suspended
     assert m.command[:2] == ["zmlx-bench", "run"]
     assert cap.environment.backend == "cpu" and cap.environment.mlx
     (r,) = cap.results

@@ -77,6 +77,11 @@ class Methodology(Base, kw_only=True):
     order: Annotated[
         str, _doc("baseline and patched runs alternate, so drift hits both sides alike")
     ] = "interleaved"
+    patch_held: Annotated[bool | None, _doc(
+        "True: patched once, in the warm-up; each baseline run ran inside zmlx.patch.suspended (original classes) "
+        "and the patched runs reused compile_blocks' traces, as a user who patches once does. None: capsules "
+        "written before this field (2026-11-27), which patched and unpatched around every patched run, so each "
+        "re-traced its blocks")] = None
     decoding: str = "greedy"
     seed: int
     max_fused_tokens: Annotated[int, _doc("the patch's sequence-length guard: fused path for M <= this")]

@@ -42,7 +42,8 @@ def _methodology(c: Capsule) -> str:
         pats += f" (excluding {', '.join(m.exclude)})"
     return (
         f"{m.prompt_tokens}-token prompt, {m.max_tokens} generated tokens, {m.decoding}; "
-        f"{m.warmup_runs} warm-up + {m.runs} measured runs per side, {m.order}; seed {m.seed}; "
+        f"{m.warmup_runs} warm-up + {m.runs} measured runs per side, {m.order}"
+        f"{' (patched once, baseline runs suspended)' if m.patch_held else ''}; seed {m.seed}; "
         f"fused path for M <= {m.max_fused_tokens}; patterns: {pats}; "
         f"fuse_projections={m.fuse_projections}, compile_blocks={m.compile_blocks}"
         f"{''.join(f', {k}=True' for k in ('fuse_router', 'fuse_qkv', 'fuse_conv_proj') if getattr(m, k))}; "

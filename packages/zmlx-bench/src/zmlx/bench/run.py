@@ -209,6 +209,7 @@ def run_models(
             max_tokens=max_tokens,
             warmup_runs=warmup,
             runs=runs,
+            patch_held=True,  # run_fidelity's default: zmlx.patch held, baseline runs suspended
             seed=seed,
             max_fused_tokens=max_fused_tokens,
             fuse_projections=fuse_projections,

@@ -11,6 +11,6 @@ from ._version import check_mlx_lm_version
 
 MLX_LM_VERSION = check_mlx_lm_version()
 
-from .core import PatchResult, list_patterns, patch, unpatch  # noqa: E402
+from .core import PatchResult, list_patterns, patch, suspended, unpatch  # noqa: E402
 
-__all__ = ["PatchResult", "list_patterns", "patch", "unpatch"]
+__all__ = ["PatchResult", "list_patterns", "patch", "suspended", "unpatch"]

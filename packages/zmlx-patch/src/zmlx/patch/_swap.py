@@ -89,7 +89,12 @@ def patched_class(original: type, pattern: str, max_fused_tokens: int, site: Any
 
 def original_class(module: nn.Module) -> type | None:
     """The class a patched module had before patching, or None when it is not patched."""
-    return type(module).__dict__.get("_zmlx_original")
+    return original_class_of(type(module))
+
+
+def original_class_of(cls: type) -> type | None:
+    """The original class behind a patched class (None for a class zmlx did not make)."""
+    return cls.__dict__.get("_zmlx_original")
 
 
 def pattern_of(module: nn.Module) -> str | None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import mlx.nn as nn
@@ -214,3 +215,23 @@ def _print(result: PatchResult) -> None:
 def unpatch(model: nn.Module) -> int:
     """Give every patched module its original class back; returns how many were restored."""
     return sum(_swap.restore(module) for _, module in model.named_modules())
+
+
+@contextmanager
+def suspended(model: nn.Module) -> Iterator[int]:
+    """Run ``model`` unpatched inside the block, then patched again, without re-patching.
+
+    Every patched module gets its original class back on entry (its code runs exactly as unpatched) and its patched
+    class on exit; what patching built per module (compile_blocks' traced graphs) is kept, so a patched run after the
+    block pays no re-tracing. Yields how many modules were suspended. For interleaved baseline / patched runs of one
+    loaded model (zmlx-validate, zmlx-bench); ``unpatch`` is the way back for good.
+    """
+    held = [(module, type(module)) for _, module in model.named_modules() if _swap.original_class(module)]
+    for module, _ in held:
+        module.__class__ = _swap.original_class(module)
+    try:
+        yield len(held)
+    finally:
+        for module, cls in held:
+            if type(module) is _swap.original_class_of(cls):  # not re-patched or unpatched inside the block
+                module.__class__ = cls

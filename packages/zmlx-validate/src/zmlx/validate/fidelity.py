@@ -1,14 +1,17 @@
 """Interleaved greedy runs of one loaded model, unpatched (A) and patched (B): A B A B ... after a warm-up.
 
-Drift (thermal, caches, allocator) hits both sides alike because they alternate; ``unpatch`` runs between every
-pair, so each patched run starts from a freshly patched model. Every run's tokens are compared, not just the
-first: patched run i and baseline run i against baseline run 0. A baseline run that differs from baseline run 0
+Drift (thermal, caches, allocator) hits both sides alike because they alternate. The model is patched once, in the
+warm-up; each baseline run then runs inside ``zmlx.patch.suspended`` (the original classes back, so unpatched code
+exactly), and the patched runs reuse what patching built (compile_blocks' traces), as a user who patches once and
+generates many times does. With injected patch functions (tests) it is patched and unpatched around every patched
+run instead. Every run's tokens are compared, not just the first: patched run i and baseline run i against baseline run 0. A baseline run that differs from baseline run 0
 makes the verdict UNSTABLE (stock mlx-lm is not deterministic there), whatever the patched runs did.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +21,7 @@ from .stats import median, ratio
 
 PatchFn = Callable[..., Any]  # patch(model, patterns=None, exclude=(), max_fused_tokens=32, verbose=...)
 UnpatchFn = Callable[[Any], Any]
+SuspendFn = Callable[[Any], AbstractContextManager[Any]]  # zmlx.patch.suspended: run the model unpatched inside
 # progress(description, tokens_done_delta, total_tokens): the CLI turns this into a progress bar
 RunProgress = Callable[[str, int, int], None]
 
@@ -96,17 +100,44 @@ def _match(reference: Sequence[int], tokens: Sequence[int]) -> RunMatch:
 
 
 class _Sides:
-    """Switches one model between its unpatched and patched state."""
+    """Switches one model between its unpatched and patched state: patched once and suspended for baseline runs
+    when a ``suspend_fn`` is given, else patched and unpatched around every patched run."""
 
-    def __init__(self, model: Any, patch_fn: PatchFn, unpatch_fn: UnpatchFn, patch_kwargs: dict[str, Any]):
+    def __init__(self, model: Any, patch_fn: PatchFn, unpatch_fn: UnpatchFn, patch_kwargs: dict[str, Any],
+                 suspend_fn: SuspendFn | None = None):
         self.model, self.patch_fn, self.unpatch_fn = model, patch_fn, unpatch_fn
         self.kwargs = {"verbose": False, **patch_kwargs}
+        self.suspend_fn = suspend_fn
+        self.result: Any = None  # what the held patch returned (suspend mode)
 
     def patch(self, **overrides: Any) -> Any:
         return self.patch_fn(self.model, **{**self.kwargs, **overrides})
 
     def unpatch(self) -> None:
         self.unpatch_fn(self.model)
+
+    def baseline(self) -> AbstractContextManager[Any]:
+        return self.suspend_fn(self.model) if self.suspend_fn and self.result is not None else nullcontext()
+
+    @contextmanager
+    def patched(self) -> Iterator[Any]:
+        """The model patched for the block; yields what patch() returned."""
+        if self.suspend_fn is None:
+            result = self.patch()
+            try:
+                yield result
+            finally:
+                self.unpatch()
+            return
+        if self.result is None:
+            self.result = self.patch()
+        yield self.result
+
+    def release(self) -> None:
+        """Leave the model unpatched (suspend mode holds the patch until here)."""
+        if self.suspend_fn is not None and self.result is not None:
+            self.unpatch()
+            self.result = None
 
 
 def run_fidelity(
@@ -122,18 +153,21 @@ def run_fidelity(
     progress: RunProgress | None = None,
     patch_fn: PatchFn | None = None,
     unpatch_fn: UnpatchFn | None = None,
+    suspend_fn: SuspendFn | None = None,
 ) -> FidelityResult:
     """Compare greedy decoding of ``model`` unpatched and patched, token for token, over ``runs`` pairs.
 
     ``tokenizer`` is unused (kept so callers can pass what ``load_model`` returned). ``patch_fn``/``unpatch_fn``
-    default to ``zmlx.patch.patch``/``unpatch``; tests inject deliberately wrong ones. The model is left unpatched.
+    default to ``zmlx.patch.patch``/``unpatch`` and then ``suspend_fn`` to ``zmlx.patch.suspended``; tests inject
+    deliberately wrong ones (and no ``suspend_fn``: re-patched around every run). The model is left unpatched.
     """
     if max_tokens < 1 or runs < 1 or warmup < 0:
         raise ValueError("max_tokens and runs must be >= 1 and warmup >= 0")
-    if patch_fn is None or unpatch_fn is None:
-        default_patch, default_unpatch = default_patch_fns()
-        patch_fn, unpatch_fn = patch_fn or default_patch, unpatch_fn or default_unpatch
-    sides = _Sides(model, patch_fn, unpatch_fn, dict(patch_kwargs or {}))
+    default_patch, default_unpatch = default_patch_fns()
+    patch_fn, unpatch_fn = patch_fn or default_patch, unpatch_fn or default_unpatch
+    if suspend_fn is None and (patch_fn, unpatch_fn) == (default_patch, default_unpatch):
+        from zmlx.patch import suspended as suspend_fn
+    sides = _Sides(model, patch_fn, unpatch_fn, dict(patch_kwargs or {}), suspend_fn)
     warm_tokens = min(max_tokens, WARMUP_TOKENS)
     total = 2 * (warmup * warm_tokens + runs * max_tokens)
 
@@ -145,25 +179,25 @@ def run_fidelity(
                           progress=tick(desc), **kw)
 
     info: PatchInfo | None = None
-    for _ in range(warmup):
-        greedy_run(model, prompt_ids, warm_tokens, prefill_step_size=prefill_step_size, progress=tick("warm-up"))
-        info = PatchInfo.from_result(sides.patch(), model)
-        try:
-            greedy_run(model, prompt_ids, warm_tokens, prefill_step_size=prefill_step_size,
-                       progress=tick("warm-up"))
-        finally:
-            sides.unpatch()
-
     base_runs: list[GreedyRun] = []
     patched_runs: list[GreedyRun] = []
-    for i in range(runs):
-        base_runs.append(run(f"baseline {i + 1}/{runs}"))
-        result = sides.patch()
-        info = info or PatchInfo.from_result(result, model)
-        try:
-            patched_runs.append(run(f"patched {i + 1}/{runs}"))
-        finally:
-            sides.unpatch()
+    try:
+        for _ in range(warmup):
+            with sides.baseline():
+                greedy_run(model, prompt_ids, warm_tokens, prefill_step_size=prefill_step_size,
+                           progress=tick("warm-up"))
+            with sides.patched() as result:
+                info = PatchInfo.from_result(result, model)
+                greedy_run(model, prompt_ids, warm_tokens, prefill_step_size=prefill_step_size,
+                           progress=tick("warm-up"))
+        for i in range(runs):
+            with sides.baseline():
+                base_runs.append(run(f"baseline {i + 1}/{runs}"))
+            with sides.patched() as result:
+                info = info or PatchInfo.from_result(result, model)
+                patched_runs.append(run(f"patched {i + 1}/{runs}"))
+    finally:
+        sides.release()
 
     reference = base_runs[0].tokens
     baseline_matches = [_match(reference, r.tokens) for r in base_runs]
