@@ -21,3 +21,9 @@ def test_configs_parse():
 def test_unknown_part_exits_with_a_message():
     with pytest.raises(SystemExit, match="unknown config part 'turbo'"):
         ab.parse_config("moe+turbo")
+
+
+def test_too_few_tokens_for_the_untimed_start_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        ab.main(["synthetic:qwen3-moe-tiny", "-m", str(ab.UNTIMED)])
+    assert exc.value.code == 2 and "untimed" in capsys.readouterr().err
