@@ -61,3 +61,16 @@ def test_an_error_inside_still_re_patches():
         raise RuntimeError("boom")
     assert _classes(model) == patched
     unpatch(model)
+
+
+def test_unpatch_inside_the_block_ends_the_patch_for_good():
+    model = tiny.build("qwen3_moe", quantized=True)
+    stock = _classes(model)
+    result = patch(model, verbose=False)
+    _decode(model, tiny.tokens(2))  # builds the traces
+    with suspended(model):
+        assert unpatch(model) == result.total
+    assert _classes(model) == stock
+    assert not any(k.startswith("_zmlx") for _, m in model.named_modules() for k in m.__dict__)
+    assert patch(model, verbose=False).total == result.total, "and it can be patched again"
+    unpatch(model)

@@ -80,7 +80,7 @@ class Methodology(Base, kw_only=True):
     patch_held: Annotated[bool | None, _doc(
         "True: patched once, in the warm-up; each baseline run ran inside zmlx.patch.suspended (original classes) "
         "and the patched runs reused compile_blocks' traces, as a user who patches once does. None: capsules "
-        "written before this field (2026-11-27), which patched and unpatched around every patched run, so each "
+        "written before this field (83afb11, 2026-11-27), which patched and unpatched around every patched run, so each "
         "re-traced its blocks")] = None
     decoding: str = "greedy"
     seed: int

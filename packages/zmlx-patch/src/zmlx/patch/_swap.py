@@ -22,6 +22,7 @@ import mlx.nn as nn
 # unpatching is a __class__ assignment (plus dropping the compiled function, the one per-instance attribute).
 _CLASSES: dict[tuple[type, str, int, Any, bool], type] = {}
 _COMPILED = "_zmlx_compiled"
+_SUSPENDED = "_zmlx_suspended"  # the patched class of a module that core.suspended gave its original class for now
 
 FusedFn = Callable[..., Any]
 
@@ -89,12 +90,7 @@ def patched_class(original: type, pattern: str, max_fused_tokens: int, site: Any
 
 def original_class(module: nn.Module) -> type | None:
     """The class a patched module had before patching, or None when it is not patched."""
-    return original_class_of(type(module))
-
-
-def original_class_of(cls: type) -> type | None:
-    """The original class behind a patched class (None for a class zmlx did not make)."""
-    return cls.__dict__.get("_zmlx_original")
+    return type(module).__dict__.get("_zmlx_original")
 
 
 def pattern_of(module: nn.Module) -> str | None:
@@ -111,10 +107,29 @@ def swap(module: nn.Module, cls: type) -> None:
 
 
 def restore(module: nn.Module) -> bool:
-    """Put the original class back; True when the module was patched."""
+    """Put the original class back; True when the module was patched (a suspended one included)."""
+    original = original_class(module)
+    suspended = module.__dict__.pop(_SUSPENDED, None)
+    if original is None and suspended is None:
+        return False
+    module.__dict__.pop(_COMPILED, None)
+    if original is not None:
+        module.__class__ = original
+    return True
+
+
+def suspend(module: nn.Module) -> bool:
+    """Give a patched module its original class until ``resume``; True when it was patched."""
     original = original_class(module)
     if original is None:
         return False
-    module.__dict__.pop(_COMPILED, None)
+    module.__dict__[_SUSPENDED] = type(module)
     module.__class__ = original
     return True
+
+
+def resume(module: nn.Module) -> None:
+    """The patched class back, unless ``restore`` (unpatch) ran meanwhile."""
+    cls = module.__dict__.pop(_SUSPENDED, None)
+    if cls is not None:
+        module.__class__ = cls

@@ -223,15 +223,12 @@ def suspended(model: nn.Module) -> Iterator[int]:
 
     Every patched module gets its original class back on entry (its code runs exactly as unpatched) and its patched
     class on exit; what patching built per module (compile_blocks' traced graphs) is kept, so a patched run after the
-    block pays no re-tracing. Yields how many modules were suspended. For interleaved baseline / patched runs of one
-    loaded model (zmlx-validate, zmlx-bench); ``unpatch`` is the way back for good.
+    block pays no re-tracing. Yields how many modules were suspended; ``unpatch`` inside the block ends their patch
+    for good. For interleaved baseline / patched runs of one loaded model (zmlx-validate, zmlx-bench).
     """
-    held = [(module, type(module)) for _, module in model.named_modules() if _swap.original_class(module)]
-    for module, _ in held:
-        module.__class__ = _swap.original_class(module)
+    held = [module for _, module in model.named_modules() if _swap.suspend(module)]
     try:
         yield len(held)
     finally:
-        for module, cls in held:
-            if type(module) is _swap.original_class_of(cls):  # not re-patched or unpatched inside the block
-                module.__class__ = cls
+        for module in held:
+            _swap.resume(module)
