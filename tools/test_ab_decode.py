@@ -18,6 +18,21 @@ def test_configs_parse():
     assert kw == {"fuse_projections": True, "compile_blocks": False}
 
 
+def test_default_plus_parts_add_opt_ins_and_patterns_to_the_family_defaults():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "packages" / "zmlx-patch" / "tests"))
+    import zmlx_patch_tiny as tiny
+
+    assert ab.parse_config("default") == (None, {})
+    assert ab.parse_config("default+qkv+noprologue") == (None, {"fuse_qkv": True})
+    pats, kw = ab.parse_config("default+layer+qkv")
+    assert pats == [ab.DEFAULTS, "attention_layer"] and kw == {"fuse_qkv": True}
+    model = tiny.build("qwen3_moe")
+    assert ab.patterns_for(model, pats) == ["swiglu_mlp", "moe_mlp", "qk_norm_rope", "attention_layer"]
+    assert ab.patterns_for(model, ["moe_mlp"]) == ["moe_mlp"] and ab.patterns_for(model, None) is None
+
+
 def test_unknown_part_exits_with_a_message():
     with pytest.raises(SystemExit, match="unknown config part 'turbo'"):
         ab.parse_config("moe+turbo")

@@ -17,7 +17,10 @@ fusion off or one opt-in fusion on, alone or after 'default' (default+nofold, mo
 conv_layer from folding the residual add into the expert launch; 'router', 'qkv' and 'convproj' are the opt-ins
 patch(fuse_router=True), patch(fuse_qkv=True) and patch(fuse_conv_proj=True): the router projection inside the
 routing launch (zk.quantized_router), the q/k/v projections inside the q/k norm + RoPE launch (zk.qkv_norm_rope),
-LFM2's conv in_proj inside the short-conv launch (zk.short_conv_proj).
+LFM2's conv in_proj inside the short-conv launch (zk.short_conv_proj); 'noprologue' keeps compile_blocks from
+tracing the qk_norm_rope attention prologue. Pattern parts after 'default' add opt-in patterns to the family's
+defaults: default+layer is patch(patterns=defaults + ['attention_layer']) (layer: the decoder layer traced around
+the KV-cache update and SDPA).
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ import sys
 import time
 
 PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "mlp": ["swiglu_mlp", "geglu_mlp"],
-         "conv": ["conv_layer"]}
+         "conv": ["conv_layer"], "layer": ["attention_layer"]}
 # switch part -> (pattern module, its module-level flag, the flag's value while a config naming the part runs;
 # the opposite otherwise): measurement switches that are not patch() arguments
 SWITCHES = {"nofold": ("conv_layer", "FOLD_RESIDUAL", False), "noprologue": ("qk_norm_rope", "TRACE_PROLOGUE", False)}
 # part -> the opt-in patch() argument it turns on, alone or after 'default'
 OPT_INS = {"router": "fuse_router", "qkv": "fuse_qkv", "convproj": "fuse_conv_proj"}
+# in a parsed 'default+<pattern part>' configuration: the family's default patterns, the named ones added
+DEFAULTS = "<defaults>"
 
 
 def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
@@ -41,8 +46,9 @@ def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
     if name == "stock":
         return None
     parts = name.split("+")
-    if parts[0] == "default" and all(p in SWITCHES or p in OPT_INS for p in parts[1:]):
-        return None, {OPT_INS[p]: True for p in parts[1:] if p in OPT_INS}
+    if parts[0] == "default" and all(p in SWITCHES or p in OPT_INS or p in PARTS for p in parts[1:]):
+        extra = [pattern for p in parts[1:] if p in PARTS for pattern in PARTS[p]]
+        return ([DEFAULTS, *extra] if extra else None), {OPT_INS[p]: True for p in parts[1:] if p in OPT_INS}
     patterns: list[str] = []
     kwargs = {"fuse_projections": False, "compile_blocks": True}
     for part in parts:
@@ -61,6 +67,15 @@ def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
             known = [*PARTS, "fuse", "eager", *SWITCHES, *OPT_INS]
             raise SystemExit(f"ab_decode: unknown config part {part!r} in {name!r}; known: {', '.join(known)}")
     return patterns, kwargs
+
+
+def patterns_for(model, patterns: list[str] | None) -> list[str] | None:
+    """A parsed configuration's patterns for ``model``: DEFAULTS stands for its family's default patterns."""
+    if patterns and patterns[0] == DEFAULTS:
+        from zmlx.patch.registry import FAMILIES, detect_model_type
+
+        return FAMILIES[detect_model_type(model)].default_patterns() + patterns[1:]
+    return patterns
 
 
 def apply_switches(name: str) -> None:
@@ -120,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = configs[name]
             apply_switches(name)
             if cfg is not None:
-                patch(model, patterns=cfg[0], verbose=False, **cfg[1])
+                patch(model, patterns=patterns_for(model, cfg[0]), verbose=False, **cfg[1])
             try:
                 toks, per_token = decode(model, prompt, args.max_tokens)
             finally:

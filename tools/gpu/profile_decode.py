@@ -26,7 +26,7 @@ PROMPT_TOKENS = 128
 
 def _model(name: str, config: str, cache_dir: str | None):
     import mlx.core as mx
-    from ab_decode import apply_switches, parse_config
+    from ab_decode import apply_switches, parse_config, patterns_for
     from zmlx.validate import load_model
 
     model, _, _ = load_model(name, cache_dir=cache_dir)
@@ -39,7 +39,7 @@ def _model(name: str, config: str, cache_dir: str | None):
         from zmlx.patch import patch
 
         patterns, kwargs = parse_config(config)
-        patch(model, patterns=patterns, verbose=True, **kwargs)
+        patch(model, patterns=patterns_for(model, patterns), verbose=True, **kwargs)
     mx.random.seed(0)
     prompt = mx.random.randint(0, model.args.vocab_size, (PROMPT_TOKENS,))
     return model, prompt

@@ -187,7 +187,8 @@ def test_sharding_group_keeps_all_sum(monkeypatch):
 
 
 def test_list_patterns_and_support_matrix(capsys):
-    assert list_patterns() == ["swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer", "residual_norm"]
+    assert list_patterns() == ["swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer", "attention_layer",
+                               "residual_norm"]
     assert list_patterns("mistral") == ["swiglu_mlp"]
     assert list_patterns("gemma2") == ["geglu_mlp"]
     assert list_patterns("qwen3_moe") == ["swiglu_mlp", "moe_mlp", "qk_norm_rope"]
@@ -199,6 +200,7 @@ def test_list_patterns_and_support_matrix(capsys):
     for name in supported_model_types():
         assert name in out
     assert "residual_norm (opt-in)" in out and "excluded for fidelity" in out
+    assert "attention_layer (opt-in)" in out
     traced_off = {line.split()[0] for line in out.splitlines() if line.rstrip().endswith("moe_mlp not traced")}
     assert traced_off == {"qwen2_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe"}, "sigmoid-gated shared experts only"
     fused = {line.split()[0] for line in out.splitlines() if "projections fused on CUDA" in line

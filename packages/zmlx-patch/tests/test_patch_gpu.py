@@ -79,10 +79,11 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 # residual_norm, where a family has it; quantized_router: the defaults + fuse_router (the router projection inside
 # the routing launch; off by default: slower on the device, docs/perf-notes.md v7), MoE families only; qkv: the
 # defaults + fuse_qkv (the q/k/v projections inside the qk_norm_rope launch; off by default: slower on the device);
-# conv_proj: the defaults + fuse_conv_proj (LFM2's in_proj inside the short-conv launch; likewise)
+# conv_proj: the defaults + fuse_conv_proj (LFM2's in_proj inside the short-conv launch; likewise); attention_layer:
+# the defaults + the opt-in attention_layer pattern (qwen3, qwen3_moe decoder layers traced around the cache update)
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
          "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {"fuse_router": True},
-         "qkv": {"fuse_qkv": True}, "conv_proj": {"fuse_conv_proj": True}}
+         "qkv": {"fuse_qkv": True}, "conv_proj": {"fuse_conv_proj": True}, "attention_layer": {}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -101,6 +102,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         pytest.skip(f"{family} has no qk_norm_rope attention")
     if mode == "conv_proj" and "conv_layer" not in spec.sites:
         pytest.skip(f"{family} has no short-conv layers")
+    if mode == "attention_layer" and "attention_layer" not in spec.sites:
+        pytest.skip(f"{family} has no decoder layer the attention_layer pattern traces")
     model = models(family)
     prompt = tiny.tokens(6)[0]
     seq = tiny.tokens(N_LOGIT_STEPS, seed=5)
@@ -108,8 +111,11 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
     base_logits = _decode_logits(model, seq)
 
     # patterns off by default on CUDA for speed (registry.SLOW_ON_CUDA) are still tested for fidelity here
-    patterns = spec.default_patterns() if spec.slow_on_cuda or mode == "residual_norm" else None
+    patterns = spec.default_patterns() if spec.slow_on_cuda or mode in ("residual_norm", "attention_layer") else None
     expected = dict(tiny.CONFIGS[family][1])
+    if mode == "attention_layer":
+        patterns = patterns + ["attention_layer"]
+        expected["attention_layer"] = tiny.config(family)["num_hidden_layers"]
     if mode == "residual_norm":
         patterns = patterns + ["residual_norm"]
         # LFM2: conv_layer carries it and then takes the attention layers too

@@ -107,6 +107,23 @@ class AttentionSite:
 
 
 @dataclass(frozen=True)
+class LayerSite:
+    """A pre-norm decoder layer (the ResidualSite shape) whose attention block is an AttentionSite: at one token its
+    step runs as two traced graphs around the KV-cache update and SDPA, which change shape every step."""
+
+    block: str
+    attn: str
+    ffn: str
+    attention: AttentionSite
+    # set by patch(compile_blocks=True): without it the pattern runs the layer's own code
+    traced: bool = False
+    # set when patterns include residual_norm: `h = x + r; post_attention_layernorm(h)` as one zk.add_rms_norm
+    residual_norm: bool = False
+    # set by patch(fuse_qkv=True): the prologue's q/k/v projections inside the norm + RoPE launch
+    fuse_qkv: bool = False
+
+
+@dataclass(frozen=True)
 class ConvLayerSite:
     """An LFM2 decoder layer: ``h = x + conv(operator_norm(x), mask, cache); out = h + feed_forward(ffn_norm(h))``
     with mlx-lm's ``ShortConv`` (depthwise ``nn.Conv1d`` over ``[cache[0], B * x]``, ``C *`` gate, ``out_proj``).
@@ -257,6 +274,13 @@ ATTENTION: dict[str, tuple[AttentionSite, ...]] = {
     "qwen3_moe": (AttentionSite(_m("qwen3_moe", "Attention"), "q_norm", "k_norm", "o_proj"),),
     "lfm2": (AttentionSite(_m("lfm2", "Attention"), "q_layernorm", "k_layernorm", "out_proj"),),
     "lfm2_moe": (AttentionSite(_m("lfm2_moe", "Attention"), "q_layernorm", "k_layernorm", "out_proj"),),
+}
+
+
+# Decoder layers traced around the cache update (attention_layer): the ResidualSite layers with an ATTENTION block.
+LAYER: dict[str, tuple[LayerSite, ...]] = {
+    key: (LayerSite(RESIDUAL[key][0].block, RESIDUAL[key][0].attn, RESIDUAL[key][0].ffn, ATTENTION[key][0]),)
+    for key in ("qwen3", "qwen3_moe")
 }
 
 

@@ -14,18 +14,21 @@ from .families import (
     ATTENTION,
     CONV_LAYER,
     DENSE,
+    LAYER,
     MOE,
     RESIDUAL,
     AttentionSite,
     ConvLayerSite,
     DenseSite,
+    LayerSite,
     MoeSite,
     ResidualSite,
 )
 
-Site = DenseSite | MoeSite | ResidualSite | AttentionSite | ConvLayerSite
+Site = DenseSite | MoeSite | ResidualSite | AttentionSite | ConvLayerSite | LayerSite
 
-PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer", "residual_norm")
+PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer", "attention_layer",
+                             "residual_norm")
 # conv_layer (LFM2 only): bit-exact on the H100 and faster there: lfm2-8b-a1b defaults x1.98, x1.56, x1.48 with it on
 # three hosts (capsules/20261127_h100_lfm2-8b-a1b_{conv-layer_2ae1cc8,defaults_b583d2f,conv-fold_4664f0c}.json;
 # in-process A/B x1.60 against x1.31 without it)
@@ -33,6 +36,11 @@ DEFAULT_PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_n
 
 # Bit-exact and token-identical on the H100 (every tiny family, 39d3c0c/11ddd0c), but not faster: in-process A/B
 # on four full-size models had it neutral to slower (docs/perf-notes.md, v4), so it stays opt-in.
+# Bit-exact on the CPU (every op is its reference there) but written after the session's device time was spent:
+# the layer's two traced graphs have not run on a GPU, so it waits for a GPU run and a decode A/B.
+ATTENTION_LAYER_OPT_IN = ("opt-in: not yet run on a GPU (the decoder layer's decode step traced around the KV-cache "
+                          "update and SDPA; docs/perf-notes.md v8e)")
+
 RESIDUAL_NORM_OPT_IN = ("opt-in: bit-exact on CUDA but no decode gain measured (in-process A/B x0.92-1.03 alone, "
                         "slower beside the other patterns; docs/perf-notes.md)")
 
@@ -100,6 +108,9 @@ def _family(model_type: str, sites_from: str | None = None, aliases: tuple[str, 
         # LFM2 layers are conv_layer's class: there residual_norm is a flag of conv_layer, with no class of its own
         sites["residual_norm"] = ()
         opt_in["residual_norm"] = RESIDUAL_NORM_OPT_IN
+    if key in LAYER:
+        sites["attention_layer"] = LAYER[key]
+        opt_in["attention_layer"] = ATTENTION_LAYER_OPT_IN
     if key in RESIDUAL:
         sites["residual_norm"] = RESIDUAL[key]
         opt_in["residual_norm"] = RESIDUAL_NORM_OPT_IN

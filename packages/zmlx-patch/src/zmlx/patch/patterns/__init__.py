@@ -8,7 +8,7 @@ from typing import Any
 
 import mlx.nn as nn
 
-from . import conv_layer, geglu_mlp, moe_mlp, qk_norm_rope, residual_norm, swiglu_mlp
+from . import attention_layer, conv_layer, geglu_mlp, moe_mlp, qk_norm_rope, residual_norm, swiglu_mlp
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ PATTERNS: dict[str, Pattern] = {
         # traces itself (conv state in and out, cache bookkeeping outside the trace) when compile_blocks is on
         Pattern("conv_layer", conv_layer.check, conv_layer.fused, conv_layer.SUMMARY,
                 compilable=lambda site: False, applies=conv_layer.applies),
+        # traces itself in two graphs around the KV-cache update and SDPA when compile_blocks is on
+        Pattern("attention_layer", attention_layer.check, attention_layer.fused, attention_layer.SUMMARY,
+                compilable=lambda site: False),
         Pattern("residual_norm", residual_norm.check, residual_norm.fused, residual_norm.SUMMARY,
                 compilable=lambda site: False),
     )

@@ -1,0 +1,93 @@
+"""attention_layer (opt-in): a qk-norm decoder layer's decode step traced in two graphs around the KV-cache update
+and SDPA. On the CPU every op is its reference, so patched decoding must equal stock bit for bit."""
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+import zmlx_patch_tiny as tiny
+from mlx_lm.models.cache import make_prompt_cache
+from zmlx.patch import list_patterns, patch, unpatch
+from zmlx.patch.registry import FAMILIES
+
+FAMILIES_WITH_IT = ["qwen3", "qwen3_moe"]
+
+
+def _decode(model, seq: mx.array, prompt: int = 3) -> list[mx.array]:
+    cache = make_prompt_cache(model)
+    out = [model(seq[:, :prompt], cache=cache)]  # a short prefill (the layer's own code), then one token a step
+    out += [model(seq[:, i : i + 1], cache=cache) for i in range(prompt, seq.shape[1])]
+    mx.eval(out)
+    return out
+
+
+def _with_layer(family: str, *extra: str) -> list[str]:
+    return [*FAMILIES[family].default_patterns(), "attention_layer", *extra]
+
+
+def _layers(model) -> list[nn.Module]:
+    return list(model.model.layers if hasattr(model, "model") else model.layers)
+
+
+@pytest.mark.parametrize("opts", [{}, {"fuse_qkv": True}, {"residual_norm": True}], ids=["plain", "qkv", "resnorm"])
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "q4"])
+@pytest.mark.parametrize("family", FAMILIES_WITH_IT)
+def test_decode_is_stock_bit_for_bit_and_every_layer_is_traced(family, quantized, opts):
+    model = tiny.build(family, quantized=quantized)
+    seq = tiny.tokens(9, seed=5)
+    want = _decode(model, seq)
+    extra = ("residual_norm",) if opts.get("residual_norm") else ()
+    result = patch(model, verbose=False, patterns=_with_layer(family, *extra), fuse_qkv=opts.get("fuse_qkv", False))
+    got = _decode(model, seq)
+    n_layers = len(_layers(model))
+    assert result.counts["attention_layer"] == n_layers and "residual_norm" not in result.counts
+    traced = [p for p in tiny.traced_paths(model) if p.count(".") == 2]  # model.layers.<i>
+    assert len(traced) == n_layers, "each decoder layer holds its two traced graphs"
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    assert unpatch(model) == result.total and tiny.traced_paths(model) == []
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, _decode(model, seq), strict=True))
+
+
+def test_opt_in_not_applied_by_default():
+    for family in FAMILIES_WITH_IT:
+        assert "attention_layer" in FAMILIES[family].sites and "attention_layer" in FAMILIES[family].opt_in
+        assert "attention_layer" not in list_patterns(family)  # the defaults
+    model = tiny.build("qwen3_moe", quantized=True)
+    assert "attention_layer" not in patch(model, verbose=False).counts
+    unpatch(model)
+
+
+def test_without_compile_blocks_the_layer_runs_its_own_code():
+    model = tiny.build("qwen3_moe", quantized=True)
+    seq = tiny.tokens(6, seed=3)
+    want = _decode(model, seq)
+    patch(model, verbose=False, patterns=_with_layer("qwen3_moe"), compile_blocks=False)
+    got = _decode(model, seq)
+    assert tiny.traced_paths(model) == []
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    unpatch(model)
+
+
+@pytest.mark.parametrize("module", ["self_attn.v_proj", "self_attn.o_proj", "mlp.switch_mlp.down_proj"])
+def test_traced_layers_see_weight_updates(module):
+    model = tiny.build("qwen3_moe", quantized=True)
+    one = tiny.tokens(1, seed=4)
+    patch(model, verbose=False, patterns=_with_layer("qwen3_moe"))
+    before = model(one, cache=make_prompt_cache(model))
+    target = _layers(model)[1]
+    for name in module.split("."):
+        target = getattr(target, name)
+    target.scales = target.scales * 3
+    after = model(one, cache=make_prompt_cache(model))
+    unpatch(model)
+    assert not mx.array_equal(before, after).item(), "a traced graph must not hold on to replaced weights"
+    assert mx.array_equal(after, model(one, cache=make_prompt_cache(model))).item()
+
+
+def test_a_layer_whose_attention_does_not_fit_is_skipped_with_the_reason():
+    model = tiny.build("qwen3", quantized=True)
+    attention = _layers(model)[0].self_attn
+    attention.rope = nn.RoPE(attention.rope.dims // 2, base=attention.rope.base)  # partial rotation: not fused
+    result = patch(model, verbose=False, patterns=_with_layer("qwen3"))
+    assert result.counts["attention_layer"] == len(_layers(model)) - 1
+    assert any("attention_layer" in why and "rotates" in why for _, why in result.skipped)
+    unpatch(model)
