@@ -4,7 +4,7 @@
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh tests   # GPU tests of both, parallel (~5 min)
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh lfm2    # device cost (ncu), lfm2 decode A/B
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh qwen3   # qwen3 A/B and host/device split (build 3+ min)
-#   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh layer   # attention_layer: GPU tests, qwen3 step split, A/B
+#   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh layer [llama-3-8b]  # attention_layer: tests, split, A/B
 #   ... bash tools/gpu/opt_ins.sh capsule lfm2-8b-a1b --fuse-qkv ...     # the claim: a capsule, 500 tokens x 5 runs
 # Timing phases run nothing else on the GPU.
 set -uo pipefail
@@ -36,15 +36,15 @@ case "${1:-}" in
         --steps 40 2>&1 | tail -2 | tr '\n' ' ')"
     done
     ;;
-  layer)  # the traced prologue (default since eea596a) and the opt-in attention_layer on qwen3 (build 3+ min)
+  layer)  # [MODEL]: the opt-in attention_layer: GPU tests, step split, A/B (default qwen3-30b-a3b, build 3+ min)
+    m=synthetic:${2:-qwen3-30b-a3b}
     ( timeout 300 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k attention_layer > "$OUT/pl.log" 2>&1 )
     echo "== pl: $(tail -1 "$OUT/pl.log")"; grep -E "^FAILED|^ERROR" "$OUT/pl.log" | head -8
     for c in stock default default+layer; do
-      echo "[time] $c: $(timeout 90 python3 $G/profile_decode.py synthetic:qwen3-30b-a3b --config $c --time \
-        --steps 40 2>&1 | tail -2 | tr '\n' ' ')"
+      echo "[time] $c: $(timeout 90 python3 $G/profile_decode.py "$m" --config $c --time --steps 40 2>&1 \
+        | tail -2 | tr '\n' ' ')"
     done
-    timeout 240 python3 $G/ab_decode.py synthetic:qwen3-30b-a3b --configs stock default default+layer --rounds 4 \
-      2>&1 | tail -4
+    timeout 240 python3 $G/ab_decode.py "$m" --configs stock default default+layer --rounds 4 2>&1 | tail -4
     ;;
   capsule)
     [ $# -ge 2 ] || { echo "usage: bash tools/gpu/opt_ins.sh capsule MODEL [zmlx-bench run flags]" >&2; exit 2; }
@@ -53,5 +53,5 @@ case "${1:-}" in
       --cache-dir /tmp/zmlx-synth --quiet --note "zmlx $(cat .zmlx-commit 2>/dev/null) $*" "$@" \
       --out "$OUT/${m}_capsule.json" 2>&1 | tail -2
     ;;
-  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3|layer|capsule MODEL [flags]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3|layer [MODEL]|capsule MODEL [flags]" >&2; exit 2 ;;
 esac

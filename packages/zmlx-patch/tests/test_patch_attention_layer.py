@@ -9,7 +9,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from zmlx.patch import list_patterns, patch, unpatch
 from zmlx.patch.registry import FAMILIES
 
-FAMILIES_WITH_IT = ["qwen3", "qwen3_moe"]
+FAMILIES_WITH_IT = ["qwen3", "qwen3_moe", "llama", "qwen2", "mixtral"]
 
 
 def _decode(model, seq: mx.array, prompt: int = 3) -> list[mx.array]:
@@ -90,4 +90,17 @@ def test_a_layer_whose_attention_does_not_fit_is_skipped_with_the_reason():
     result = patch(model, verbose=False, patterns=_with_layer("qwen3"))
     assert result.counts["attention_layer"] == len(_layers(model)) - 1
     assert any("attention_layer" in why and "rotates" in why for _, why in result.skipped)
+    unpatch(model)
+
+
+def test_a_llama_layer_whose_rope_computes_with_its_offset_is_skipped():
+    class OwnRoPE(nn.RoPE):  # stands for SuScaledRoPE & co., which branch on the offset in Python
+        pass
+
+    model = tiny.build("llama", quantized=True)
+    attention = _layers(model)[1].self_attn
+    attention.rope = OwnRoPE(attention.rope.dims, base=attention.rope.base)
+    result = patch(model, verbose=False, patterns=_with_layer("llama"))
+    assert result.counts["attention_layer"] == len(_layers(model)) - 1
+    assert any("attention_layer" in why and "OwnRoPE" in why for _, why in result.skipped)
     unpatch(model)

@@ -107,14 +107,26 @@ class AttentionSite:
 
 
 @dataclass(frozen=True)
+class PlainAttentionSite:
+    """An attention block whose ``__call__`` is exactly Llama's: projections, ``reshape(B, L, H, -1).transpose(0, 2,
+    1, 3)`` of q/k/v, ``rope(., offset=cache.offset)`` of q and k, ``cache.update_and_fetch``, mlx-lm's
+    ``scaled_dot_product_attention``, the transpose back, the output projection. ``heads`` names its head counts."""
+
+    block: str
+    heads: tuple[str, str] = ("n_heads", "n_kv_heads")
+    out: str = "o_proj"
+
+
+@dataclass(frozen=True)
 class LayerSite:
-    """A pre-norm decoder layer (the ResidualSite shape) whose attention block is an AttentionSite: at one token its
-    step runs as two traced graphs around the KV-cache update and SDPA, which change shape every step."""
+    """A pre-norm decoder layer (the ResidualSite shape) whose attention block is an AttentionSite or a
+    PlainAttentionSite: at one token its step runs as two traced graphs around the KV-cache update and SDPA, which
+    change shape every step."""
 
     block: str
     attn: str
     ffn: str
-    attention: AttentionSite
+    attention: AttentionSite | PlainAttentionSite
     # set by patch(compile_blocks=True): without it the pattern runs the layer's own code
     traced: bool = False
     # set when patterns include residual_norm: `h = x + r; post_attention_layernorm(h)` as one zk.add_rms_norm
@@ -278,9 +290,16 @@ ATTENTION: dict[str, tuple[AttentionSite, ...]] = {
 
 
 # Decoder layers traced around the cache update (attention_layer): the ResidualSite layers with an ATTENTION block.
+# qwen2_moe is left out: its sigmoid-gated shared expert rounds differently when traced (perf-notes v3).
+_PLAIN_ATTENTION: dict[str, PlainAttentionSite] = {
+    "llama": PlainAttentionSite(_m("llama", "Attention")),
+    "qwen2": PlainAttentionSite(_m("qwen2", "Attention")),
+    "mixtral": PlainAttentionSite(_m("mixtral", "MixtralAttention"), heads=("num_heads", "num_key_value_heads")),
+}
 LAYER: dict[str, tuple[LayerSite, ...]] = {
-    key: (LayerSite(RESIDUAL[key][0].block, RESIDUAL[key][0].attn, RESIDUAL[key][0].ffn, ATTENTION[key][0]),)
-    for key in ("qwen3", "qwen3_moe")
+    key: (LayerSite(RESIDUAL[key][0].block, RESIDUAL[key][0].attn, RESIDUAL[key][0].ffn,
+                    ATTENTION[key][0] if key in ATTENTION else _PLAIN_ATTENTION[key]),)
+    for key in ("qwen3", "qwen3_moe", *_PLAIN_ATTENTION)
 }
 
 

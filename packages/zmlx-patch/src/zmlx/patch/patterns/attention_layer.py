@@ -1,6 +1,7 @@
-"""attention_layer: a qk-norm decoder layer's decode step as two traced graphs around the KV-cache update and SDPA.
+"""attention_layer: a decoder layer's decode step as two traced graphs around the KV-cache update and SDPA.
 
-At one token a Qwen3 layer is ``input_layernorm``, the attention prologue (projections, q/k RMSNorm, RoPE),
+For pre-norm layers whose attention is Qwen3's (q/k RMSNorm, qk_norm_rope's launch) or Llama's (llama, qwen2,
+mixtral). At one token a Qwen3 layer is ``input_layernorm``, the attention prologue (projections, q/k RMSNorm, RoPE),
 ``cache.update_and_fetch``, SDPA, ``o_proj``, ``h = x + r``, ``post_attention_layernorm``, the feed-forward and
 ``h + ffn``. Only the cache update and SDPA see arrays whose shape grows every step, so the rest is two pure
 functions traced once by ``mx.compile``: ``(x, position) -> (q, k, v)`` before and ``(x, attention) -> out`` after,
@@ -19,13 +20,17 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import scaled_dot_product_attention
+from mlx_lm.models.rope_utils import Llama3RoPE
 from zmlx import kernels as zk
 from zmlx.kernels.backend import positions
 
 from .._swap import compiled_fn, original_class
-from ..families import LayerSite, resolve_class
+from ..families import AttentionSite, LayerSite, resolve_class
 from . import qk_norm_rope
 from ._structure import missing_modules
+
+# RoPE classes whose __call__ only hands the offset to mx.fast.rope (mlx_lm.models.rope_utils.Llama3RoPE included)
+_ROPES = (nn.RoPE, Llama3RoPE)
 
 SUMMARY = ("decoder layer at one token: everything but the KV-cache update and SDPA traced by mx.compile in two "
            "graphs (norm + attention prologue; o_proj, residuals, norm, feed-forward)")
@@ -40,7 +45,16 @@ def check(module: nn.Module, site: LayerSite) -> str | None:
     attention = getattr(module, site.attn)
     if (original_class(attention) or type(attention)) is not resolve_class(site.attention.block):
         return f"{site.attn} is {type(attention).__name__}, not the family's attention block"
-    return qk_norm_rope.check(attention, site.attention)
+    if isinstance(site.attention, AttentionSite):
+        return qk_norm_rope.check(attention, site.attention)
+    reason = missing_modules(attention, ("q_proj", "k_proj", "v_proj", site.attention.out, "rope"))
+    if reason:
+        return reason
+    if type(attention.rope) not in _ROPES:  # others compute with the offset in Python (a traced array there)
+        return f"rope is {type(attention.rope).__name__}, not one that passes its offset to mx.fast.rope"
+    if not all(isinstance(getattr(attention, a, None), int) for a in site.attention.heads):
+        return f"no integer {' / '.join(site.attention.heads)}"
+    return None
 
 
 def _attention_site(site: LayerSite):
@@ -48,13 +62,23 @@ def _attention_site(site: LayerSite):
 
 
 def _before(layer: nn.Module, site: LayerSite, x: mx.array, pos: mx.array):
-    return qk_norm_rope._prologue(getattr(layer, site.attn), _attention_site(site), layer.input_layernorm(x), pos)
+    attention, normed = getattr(layer, site.attn), layer.input_layernorm(x)
+    if isinstance(site.attention, AttentionSite):
+        return qk_norm_rope._prologue(attention, _attention_site(site), normed, pos)
+    # Llama's attention line for line up to the cache update, the rope's offset an array
+    B, L, _ = normed.shape
+    n_heads, n_kv_heads = (getattr(attention, a) for a in site.attention.heads)
+    queries, keys, values = attention.q_proj(normed), attention.k_proj(normed), attention.v_proj(normed)
+    queries = queries.reshape(B, L, n_heads, -1).transpose(0, 2, 1, 3)
+    keys = keys.reshape(B, L, n_kv_heads, -1).transpose(0, 2, 1, 3)
+    values = values.reshape(B, L, n_kv_heads, -1).transpose(0, 2, 1, 3)
+    return attention.rope(queries, offset=pos), attention.rope(keys, offset=pos), values
 
 
 def _after(layer: nn.Module, site: LayerSite, x: mx.array, attended: mx.array) -> mx.array:
     attention = getattr(layer, site.attn)
-    B, _, L, _ = attended.shape  # (B, H, 1, D): at one token the transpose back is a reshape
-    r = attention[site.attention.out](attended.reshape(B, L, -1))
+    B, _, L, _ = attended.shape
+    r = attention[site.attention.out](attended.transpose(0, 2, 1, 3).reshape(B, L, -1))
     norm = layer.post_attention_layernorm
     if site.residual_norm:
         h, normed = zk.add_rms_norm(x, r, norm["weight"], norm.eps)
