@@ -46,3 +46,20 @@ def test_summarize_a_missing_or_foreign_file_exits_2(tmp_path, capsys):
     other.write_text('"a","b"\n"1","2"\n')
     assert tool.main(["--summarize", str(other)]) == 2
     assert "cannot summarize" in capsys.readouterr().err
+
+
+def test_fusion_cost_summarize_reads_the_same_log_and_refuses_others(tmp_path, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("fusion_cost", SCRIPT.with_name("fusion_cost.py"))
+    fusion = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # fusion_cost reads ncu's CSV with profile_decode's reader
+    spec.loader.exec_module(fusion)
+    log = tmp_path / "f.csv"
+    log.write_text("\n".join(["==PROF== Connected", HEADER, _row(0, "custom_kernel_zmlx_qkv_abc", "nsecond", "34,080"),
+                              _row(1, "custom_kernel_zmlx_qkv_abc", "usecond", "36"),
+                              _row(2, "void fill_kernel<float>", "usecond", "2")]) + "\n")
+    assert fusion.main(["--summarize", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "| `custom_kernel_zmlx_qkv_abc` | 2 | 35.04 |" in out and "fill_kernel" not in out
+    for bad, why in ((tmp_path / "none.csv", "cannot read it"), (SCRIPT, "no gpu__time_duration.sum rows")):
+        assert fusion.main(["--summarize", str(bad)]) == 2
+        assert why in capsys.readouterr().err

@@ -15,7 +15,6 @@ zk.short_conv (what conv_layer runs by default).
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 from collections import defaultdict
@@ -123,18 +122,12 @@ def run(calls: int, host_reps: int) -> None:
         print("  ".join(line), flush=True)
 
 
-_TO_US = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
-
-
 def summarize(path: str) -> None:
+    from profile_decode import kernel_times  # this folder: the one reader of ncu's CSV
+
     by_name: dict[str, list[float]] = defaultdict(list)
-    with open(path) as fh:
-        rows = [r for r in csv.reader(fh) if len(r) > 5]
-    head = rows[0]
-    ki, vi, ui = head.index("Kernel Name"), head.index("Metric Value"), head.index("Metric Unit")
-    for r in rows[1:]:
-        v = float(r[vi].replace(",", ""))
-        by_name[r[ki][:60]].append(v * _TO_US.get(r[ui], float("nan")))  # nan: a unit not known here
+    for kernel, us in kernel_times(path):
+        by_name[kernel[:60]].append(us)
     print("| kernel | launches | median us |\n|---|---|---|")
     for name, vs in by_name.items():
         if "zmlx" not in name and "qmv" not in name:  # the inputs' set-up kernels
@@ -149,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summarize", metavar="CSV", help="summarise an ncu --csv log instead of running")
     args = p.parse_args(argv)
     if args.summarize:
-        summarize(args.summarize)
+        try:
+            summarize(args.summarize)
+        except (KeyError, ValueError) as e:  # unreadable, or not an ncu --csv log
+            print(f"fusion_cost: error: cannot summarize {args.summarize}: {e}", file=sys.stderr)
+            return 2
     else:
         run(args.calls, args.host_reps)
     return 0

@@ -123,19 +123,32 @@ def _family(kernel: str) -> str:
     return name.split("::")[-1] or kernel[:60]
 
 
-def summarize(path: str, steps: int) -> None:
-    per: dict[str, list[float]] = defaultdict(list)
-    with open(path, newline="") as f:
-        lines = [line for line in f if line.startswith('"')]  # ncu's own log lines come first
+def kernel_times(path: str) -> list[tuple[str, float]]:
+    """(kernel name, us) for each gpu__time_duration.sum row of an ``ncu --csv`` log (its own log lines first,
+    any time unit). ValueError, saying which, for a file that cannot be read or has no such rows."""
+    try:
+        with open(path, newline="") as f:
+            lines = [line for line in f if line.startswith('"')]  # ncu's own log lines come first
+    except OSError as e:
+        raise ValueError(f"cannot read it: {e.strerror}") from None
+    out = []
     for row in csv.DictReader(lines):
-        if row.get("Metric Name") != "gpu__time_duration.sum":
+        if row.get("Metric Name") != "gpu__time_duration.sum" or "Kernel Name" not in row:
             continue
         value = float(row["Metric Value"].replace(",", ""))
         unit = row.get("Metric Unit", "nsecond")
-        us = value / 1e3 if unit.startswith("n") else value if unit.startswith("u") else value * 1e3
-        per[_family(row["Kernel Name"])].append(us)
-    if not per:
-        raise ValueError("no gpu__time_duration.sum rows (run ncu with --metrics gpu__time_duration.sum --csv)")
+        out.append((row["Kernel Name"], value / 1e3 if unit.startswith("n") else value if unit.startswith("u")
+                    else value * 1e3))
+    if not out:
+        raise ValueError("no gpu__time_duration.sum rows (run ncu with --metrics gpu__time_duration.sum --csv "
+                         "--log-file PATH)")
+    return out
+
+
+def summarize(path: str, steps: int) -> None:
+    per: dict[str, list[float]] = defaultdict(list)
+    for kernel, us in kernel_times(path):
+        per[_family(kernel)].append(us)
     total = sum(sum(v) for v in per.values())
     launches = sum(len(v) for v in per.values())
     print(f"device time per step: {total / steps:.1f} us over {launches / steps:.0f} kernel launches ({path})")
@@ -157,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize:
         try:
             summarize(args.summarize, args.steps)
-        except (OSError, KeyError, ValueError) as e:  # missing file, or not an ncu --csv log
+        except (KeyError, ValueError) as e:  # unreadable, or not an ncu --csv log
             print(f"profile_decode: error: cannot summarize {args.summarize}: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
         return 0

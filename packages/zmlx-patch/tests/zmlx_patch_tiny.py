@@ -129,6 +129,25 @@ def logits(model: nn.Module, toks: mx.array) -> mx.array:
     return out
 
 
+def check_sees_weight_update(model: nn.Module, module: str, **patch_kwargs) -> None:
+    """Patch ``model``, decode one token, scale layer 1's ``module`` (a dotted path to a quantized projection) scales
+    by 3, decode again: the output must move (a traced graph holds no stale weight) and equal the unpatched one."""
+    from mlx_lm.models.cache import make_prompt_cache
+    from zmlx.patch import patch, unpatch
+
+    one = tokens(1, seed=4)
+    patch(model, verbose=False, **patch_kwargs)
+    before = model(one, cache=make_prompt_cache(model))
+    target = model.model.layers[1]
+    for name in module.split("."):
+        target = getattr(target, name)
+    target.scales = target.scales * 3
+    after = model(one, cache=make_prompt_cache(model))
+    unpatch(model)
+    assert not mx.array_equal(before, after).item(), "a traced graph must not hold on to replaced weights"
+    assert mx.array_equal(after, model(one, cache=make_prompt_cache(model))).item()
+
+
 def traced_paths(model: nn.Module) -> list[str]:
     """Module paths that hold a traced decode function (patch(compile_blocks=True))."""
     return [path for path, m in model.named_modules() if "_zmlx_compiled" in m.__dict__]
