@@ -9,7 +9,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from zmlx.patch import list_patterns, patch, unpatch
 from zmlx.patch.registry import FAMILIES
 
-FAMILIES_WITH_IT = ["qwen3", "qwen3_moe", "llama", "qwen2", "mixtral"]
+FAMILIES_WITH_IT = ["qwen3", "qwen3_moe", "llama", "qwen2", "mixtral"]  # LFM2's: the last test
 
 
 def _decode(model, seq: mx.array, prompt: int = 3) -> list[mx.array]:
@@ -93,4 +93,22 @@ def test_a_llama_layer_whose_rope_computes_with_its_offset_is_skipped():
     result = patch(model, verbose=False, patterns=_with_layer("llama"))
     assert result.counts["attention_layer"] == len(_layers(model)) - 1
     assert any("attention_layer" in why and "OwnRoPE" in why for _, why in result.skipped)
+    unpatch(model)
+
+
+@pytest.mark.parametrize("extra", [(), ("residual_norm",)], ids=["plain", "resnorm"])
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32", "q4"])
+@pytest.mark.parametrize("family", ["lfm2", "lfm2_moe"])
+def test_lfm2_attention_layers_traced_by_conv_layer(family, quantized, extra):
+    # LFM2's attention and conv layers share one class, conv_layer's: attention_layer is its flag there
+    model = tiny.build(family, quantized=quantized)
+    seq = tiny.tokens(9, seed=5)
+    want = _decode(model, seq)
+    result = patch(model, verbose=False, patterns=_with_layer(family, *extra))
+    got = _decode(model, seq)
+    layers = _layers(model)
+    assert result.counts["conv_layer"] == len(layers) and "attention_layer" not in result.counts
+    traced = set(tiny.traced_paths(model))
+    assert all(f"model.layers.{i}" in traced for i, layer in enumerate(layers) if layer.is_attention_layer)
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
     unpatch(model)

@@ -115,7 +115,9 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
     expected = dict(tiny.CONFIGS[family][1])
     if mode == "attention_layer":
         patterns = patterns + ["attention_layer"]
-        expected["attention_layer"] = tiny.config(family)["num_hidden_layers"]
+        # LFM2: a flag of conv_layer, which then takes the attention layers too
+        fused_by = "conv_layer" if "conv_layer" in spec.sites else "attention_layer"
+        expected[fused_by] = tiny.config(family)["num_hidden_layers"]
     if mode == "residual_norm":
         patterns = patterns + ["residual_norm"]
         # LFM2: conv_layer carries it and then takes the attention layers too

@@ -152,6 +152,8 @@ def patch(
             if cls is not None:
                 if hasattr(site, "residual_norm") and "residual_norm" in result.patterns:  # a layer pattern fuses it
                     site = dataclasses.replace(site, residual_norm=True)
+                if hasattr(site, "trace_attention") and "attention_layer" in result.patterns:  # LFM2: conv_layer's
+                    site = dataclasses.replace(site, trace_attention=True)
                 by_class.setdefault(cls, (name, site))
 
     counts: dict[str, int] = {}

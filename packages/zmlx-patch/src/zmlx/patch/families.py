@@ -148,6 +148,10 @@ class ConvLayerSite:
     residual_norm: bool = False
     # set by patch(fuse_conv_proj=True): an affine-quantized in_proj runs inside the short-conv launch
     fuse_conv_proj: bool = False
+    # the attention layers' block (qk_norm_rope's site); set when patterns include attention_layer: their decode step
+    # runs as two traced graphs around the KV-cache update and SDPA
+    attention: AttentionSite | None = None
+    trace_attention: bool = False
 
 
 def resolve_class(block: str) -> type | None:
@@ -305,6 +309,5 @@ LAYER: dict[str, tuple[LayerSite, ...]] = {
 
 # Short-convolution decoder layers (LFM2), each __call__ (with ShortConv's) line for line the ConvLayerSite shape.
 CONV_LAYER: dict[str, tuple[ConvLayerSite, ...]] = {
-    "lfm2": (ConvLayerSite(_m("lfm2", "Lfm2DecoderLayer")),),
-    "lfm2_moe": (ConvLayerSite(_m("lfm2_moe", "Lfm2DecoderLayer")),),
+    key: (ConvLayerSite(_m(key, "Lfm2DecoderLayer"), attention=ATTENTION[key][0]),) for key in ("lfm2", "lfm2_moe")
 }

@@ -105,9 +105,12 @@ def _family(model_type: str, sites_from: str | None = None, aliases: tuple[str, 
         sites["qk_norm_rope"] = ATTENTION[key]
     if key in CONV_LAYER:
         sites["conv_layer"] = CONV_LAYER[key]
-        # LFM2 layers are conv_layer's class: there residual_norm is a flag of conv_layer, with no class of its own
+        # LFM2 layers are conv_layer's class: there residual_norm and attention_layer are flags of conv_layer, with no
+        # class of their own
         sites["residual_norm"] = ()
         opt_in["residual_norm"] = RESIDUAL_NORM_OPT_IN
+        sites["attention_layer"] = ()
+        opt_in["attention_layer"] = ATTENTION_LAYER_OPT_IN
     if key in LAYER:
         sites["attention_layer"] = LAYER[key]
         opt_in["attention_layer"] = ATTENTION_LAYER_OPT_IN

@@ -6,7 +6,8 @@ whole layer (operator norm, ``in_proj``, the conv, ``out_proj``, both residual a
 not) is a pure function ``(x, state) -> (out, new_state)``, traced by ``mx.compile`` once and replayed every step.
 The cache bookkeeping (``cache[0] = ...``, ``advance``) stays outside the trace, as ``ShortConv`` does it.
 Prefill, masks and batched caches with lengths take the original code. With ``residual_norm`` among the patterns,
-every layer (attention layers too, untraced) computes ``h = x + r; ffn_norm(h)`` as one ``zk.add_rms_norm``.
+every layer (attention layers too) computes ``h = x + r; ffn_norm(h)`` as one ``zk.add_rms_norm``; with the opt-in
+``attention_layer``, the attention layers' decode step runs as two traced graphs around the KV-cache update and SDPA.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.base import scaled_dot_product_attention
 from zmlx import kernels as zk
-from zmlx.kernels.backend import target_for
+from zmlx.kernels.backend import positions, target_for
 from zmlx.kernels.ops.conv import short_conv_reference
 
 from .. import _swap
 from ..families import ConvLayerSite
-from . import moe_mlp
+from . import moe_mlp, qk_norm_rope
 from ._structure import affine_quantized, missing_modules
 
 # Whether the traced step hands `h` to a patched MoE feed-forward to add in its last launch (tools/gpu/ab_decode.py
@@ -33,8 +35,8 @@ SUMMARY = ("LFM2 short-conv decoder layer at one token: the gated depthwise conv
 
 
 def applies(module: nn.Module, site: ConvLayerSite) -> bool:
-    # the attention layers share the class; only the residual fusion concerns them
-    return site.residual_norm or getattr(module, "is_attention_layer", None) is not True
+    # the attention layers share the class; only the residual fusion and the attention_layer trace concern them
+    return site.residual_norm or site.trace_attention or getattr(module, "is_attention_layer", None) is not True
 
 
 def check(module: nn.Module, site: ConvLayerSite) -> str | None:
@@ -48,6 +50,8 @@ def check(module: nn.Module, site: ConvLayerSite) -> str | None:
     if site.residual_norm and type(module.ffn_norm) is not nn.RMSNorm:
         return "ffn_norm is not an nn.RMSNorm"
     if attention:
+        if site.trace_attention and site.attention is not None:
+            return qk_norm_rope.check(module.self_attn, site.attention)
         return None
     reason = missing_modules(module, ("conv.conv", "conv.in_proj", "conv.out_proj"))
     if reason:
@@ -109,9 +113,39 @@ def _traceable(x: mx.array, cache: Any, mask: Any) -> bool:
             and cache[0] is not None)
 
 
-def fused(self: nn.Module, site: ConvLayerSite, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-    if self.is_attention_layer:  # patched only for residual_norm; the attention block keeps its own code
+def _attention_site(layer: nn.Module, site: ConvLayerSite):
+    # the attention block's own site when qk_norm_rope patched it (fuse_qkv set there), else the family's
+    return _swap.site_of(layer.self_attn) or site.attention
+
+
+def _trace_attention(layer: nn.Module, site: ConvLayerSite):
+    # an attention layer at one token, around the KV-cache update and SDPA (attention_layer.py for other families)
+    def before(x, pos):
+        return qk_norm_rope._prologue(layer.self_attn, _attention_site(layer, site), layer.operator_norm(x), pos)
+
+    def after(x, attended):
+        B, _, L, _ = attended.shape
+        r = layer.self_attn.out_proj(attended.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        return _residual(layer, site, x, r, fold=FOLD_RESIDUAL)
+
+    return mx.compile(before, inputs=layer), mx.compile(after, inputs=layer)
+
+
+def _attention_step(self: nn.Module, site: ConvLayerSite, x: mx.array, mask: Any, cache: Any) -> mx.array:
+    if not (site.trace_attention and site.traced and x.ndim == 3 and x.shape[1] == 1 and cache is not None
+            and type(getattr(cache, "offset", None)) is int):
         return _residual(self, site, x, self.self_attn(self.operator_norm(x), mask=mask, cache=cache))
+    before, after = _swap.compiled_fn(self, _trace_attention, self, site)
+    queries, keys, values = before(x, positions(cache.offset))
+    keys, values = cache.update_and_fetch(keys, values)
+    attended = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.self_attn.scale,
+                                            mask=mask)
+    return after(x, attended)
+
+
+def fused(self: nn.Module, site: ConvLayerSite, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+    if self.is_attention_layer:  # patched for residual_norm and attention_layer only
+        return _attention_step(self, site, x, mask, cache)
     if not _traceable(x, cache, mask):
         return _swap.original_class(self).__call__(self, x, mask, cache)
     if site.traced:
