@@ -14,8 +14,8 @@ Config names join parts with '+': moe (moe_mlp), qk (qk_norm_rope), res (residua
 geglu_mlp), conv (conv_layer), fuse (fuse_projections=True), eager (compile_blocks=False); 'stock' is the unpatched
 model, 'default' the model patched as users get it (patch() with no arguments). Switch parts turn one default-on
 fusion off or one opt-in fusion on, alone or after 'default' (default+nofold, moe+conv+router...): 'nofold' keeps
-conv_layer from folding the residual add into the expert launch; 'router', 'qkv' and 'convproj' are the opt-ins
-patch(fuse_router=True), patch(fuse_qkv=True) and patch(fuse_conv_proj=True): the router projection inside the
+traced layers (conv_layer, attention_layer) from folding the residual add into the expert launch; 'router', 'qkv'
+and 'convproj' are the opt-ins patch(fuse_router=True), patch(fuse_qkv=True) and patch(fuse_conv_proj=True): the router projection inside the
 routing launch (zk.quantized_router), the q/k/v projections inside the q/k norm + RoPE launch (zk.qkv_norm_rope),
 LFM2's conv in_proj inside the short-conv launch (zk.short_conv_proj); 'noprologue' keeps compile_blocks from
 tracing the qk_norm_rope attention prologue. Pattern parts after 'default' add opt-in patterns to the family's
@@ -34,7 +34,7 @@ PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "
          "conv": ["conv_layer"], "layer": ["attention_layer"]}
 # switch part -> (pattern module, its module-level flag, the flag's value while a config naming the part runs;
 # the opposite otherwise): measurement switches that are not patch() arguments
-SWITCHES = {"nofold": ("conv_layer", "FOLD_RESIDUAL", False), "noprologue": ("qk_norm_rope", "TRACE_PROLOGUE", False)}
+SWITCHES = {"nofold": ("_layer", "FOLD_RESIDUAL", False), "noprologue": ("qk_norm_rope", "TRACE_PROLOGUE", False)}
 # part -> the opt-in patch() argument it turns on, alone or after 'default'
 OPT_INS = {"router": "fuse_router", "qkv": "fuse_qkv", "convproj": "fuse_conv_proj"}
 # in a parsed 'default+<pattern part>' configuration: the family's default patterns, the named ones added

@@ -3,7 +3,7 @@
 For pre-norm layers whose attention is Qwen3's (q/k RMSNorm, qk_norm_rope's launch) or Llama's (llama, qwen2,
 mixtral). At one token a Qwen3 layer is ``input_layernorm``, the attention prologue (projections, q/k RMSNorm, RoPE),
 ``cache.update_and_fetch``, SDPA, ``o_proj``, ``h = x + r``, ``post_attention_layernorm``, the feed-forward and
-``h + ffn``. Only the cache update and SDPA see arrays whose shape grows every step, so the rest is two pure
+``h + ffn`` (added in a fused MoE's last launch, as conv_layer does). Only the cache update and SDPA see arrays whose shape grows every step, so the rest is two pure
 functions traced once by ``mx.compile``: ``(x, position) -> (q, k, v)`` before and ``(x, attention) -> out`` after,
 with the position a device int32 (``zk`` kernels read it there). Each step then builds two traced calls plus the
 cache update and SDPA in Python instead of the whole layer. The arithmetic is the layer's own (qk_norm_rope's
@@ -21,12 +21,11 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.rope_utils import Llama3RoPE
-from zmlx import kernels as zk
 from zmlx.kernels.backend import positions
 
 from .._swap import compiled_fn, original_class
 from ..families import AttentionSite, LayerSite, resolve_class
-from . import qk_norm_rope
+from . import _layer, qk_norm_rope
 from ._structure import missing_modules
 
 # RoPE classes whose __call__ only hands the offset to mx.fast.rope (mlx_lm.models.rope_utils.Llama3RoPE included)
@@ -79,13 +78,8 @@ def _after(layer: nn.Module, site: LayerSite, x: mx.array, attended: mx.array) -
     attention = getattr(layer, site.attn)
     B, _, L, _ = attended.shape
     r = attention[site.attention.out](attended.transpose(0, 2, 1, 3).reshape(B, L, -1))
-    norm = layer.post_attention_layernorm
-    if site.residual_norm:
-        h, normed = zk.add_rms_norm(x, r, norm["weight"], norm.eps)
-    else:
-        h = x + r
-        normed = norm(h)
-    return h + getattr(layer, site.ffn)(normed)
+    return _layer.residual_ffn(layer, x, r, "post_attention_layernorm", site.ffn, residual_norm=site.residual_norm,
+                               fold=_layer.FOLD_RESIDUAL)
 
 
 def _trace(layer: nn.Module, site: LayerSite):

@@ -23,12 +23,8 @@ from zmlx.kernels.ops.conv import short_conv_reference
 
 from .. import _swap
 from ..families import ConvLayerSite
-from . import moe_mlp, qk_norm_rope
+from . import _layer, qk_norm_rope
 from ._structure import affine_quantized, missing_modules
-
-# Whether the traced step hands `h` to a patched MoE feed-forward to add in its last launch (tools/gpu/ab_decode.py
-# turns it off with the config part "nofold" to measure it; bit-exact either way)
-FOLD_RESIDUAL = True
 
 SUMMARY = ("LFM2 short-conv decoder layer at one token: the gated depthwise conv in one launch (zk.short_conv), the "
            "whole layer traced by mx.compile (conv state in and out), h + moe(x) folded into the expert launch")
@@ -69,18 +65,7 @@ def check(module: nn.Module, site: ConvLayerSite) -> str | None:
 
 
 def _residual(layer: nn.Module, site: ConvLayerSite, x: mx.array, r: mx.array, fold: bool = False) -> mx.array:
-    """``h = x + r; out = h + feed_forward(ffn_norm(h))``, the add and the norm in one launch when asked. With
-    ``fold`` (inside the traced step) a patched MoE feed-forward adds ``h`` in its own last launch."""
-    if site.residual_norm:
-        norm = layer.ffn_norm
-        h, normed = zk.add_rms_norm(x, r, norm["weight"], norm.eps)
-    else:
-        h = x + r
-        normed = layer.ffn_norm(h)
-    ff = layer.feed_forward
-    if fold and _swap.pattern_of(ff) == "moe_mlp":
-        return moe_mlp.fused(ff, _swap.site_of(ff), normed, residual=h)
-    return h + ff(normed)
+    return _layer.residual_ffn(layer, x, r, "ffn_norm", "feed_forward", residual_norm=site.residual_norm, fold=fold)
 
 
 def step(layer: nn.Module, site: ConvLayerSite, x: mx.array, state: mx.array) -> tuple[mx.array, mx.array]:
@@ -98,7 +83,7 @@ def step(layer: nn.Module, site: ConvLayerSite, x: mx.array, state: mx.array) ->
     else:
         short_conv = short_conv_reference if metal else zk.short_conv
         y, new_state = short_conv(p(normed), state, conv.conv.weight, conv.conv.get("bias"))
-    return _residual(layer, site, x, conv.out_proj(y), fold=FOLD_RESIDUAL), new_state
+    return _residual(layer, site, x, conv.out_proj(y), fold=_layer.FOLD_RESIDUAL), new_state
 
 
 def _trace(layer: nn.Module, site: ConvLayerSite):
@@ -126,7 +111,7 @@ def _trace_attention(layer: nn.Module, site: ConvLayerSite):
     def after(x, attended):
         B, _, L, _ = attended.shape
         r = layer.self_attn.out_proj(attended.transpose(0, 2, 1, 3).reshape(B, L, -1))
-        return _residual(layer, site, x, r, fold=FOLD_RESIDUAL)
+        return _residual(layer, site, x, r, fold=_layer.FOLD_RESIDUAL)
 
     return mx.compile(before, inputs=layer), mx.compile(after, inputs=layer)
 
