@@ -56,13 +56,16 @@ def test_opt_in_not_applied_by_default():
     unpatch(model)
 
 
-def test_without_compile_blocks_the_layer_runs_its_own_code():
+@pytest.mark.parametrize("extra", [(), ("residual_norm",)], ids=["plain", "resnorm"])
+def test_without_compile_blocks_the_layer_runs_its_own_code(extra, monkeypatch):
     model = tiny.build("qwen3_moe", quantized=True)
     seq = tiny.tokens(6, seed=3)
     want = _decode(model, seq)
-    patch(model, verbose=False, patterns=_with_layer("qwen3_moe"), compile_blocks=False)
+    patch(model, verbose=False, patterns=_with_layer("qwen3_moe", *extra), compile_blocks=False)
+    calls = tiny.count_kernel_calls(monkeypatch, ["add_rms_norm"])
     got = _decode(model, seq)
     assert tiny.traced_paths(model) == []
+    assert (calls["add_rms_norm"] > 0) == bool(extra), "residual_norm still fuses the add + norm, untraced"
     assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
     unpatch(model)
 

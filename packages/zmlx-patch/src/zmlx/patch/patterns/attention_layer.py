@@ -8,8 +8,8 @@ functions traced once by ``mx.compile``: ``(x, position) -> (q, k, v)`` before a
 with the position a device int32 (``zk`` kernels read it there). Each step then builds two traced calls plus the
 cache update and SDPA in Python instead of the whole layer. The arithmetic is the layer's own (qk_norm_rope's
 kernel for the norm + RoPE, the feed-forward as patched); ``residual_norm`` among the patterns makes the post-attention
-add + norm one ``zk.add_rms_norm``. Prefill, caches whose offset is not an int, and patch(compile_blocks=False) run
-the layer's own code.
+add + norm one ``zk.add_rms_norm`` (traced or not). Prefill, caches whose offset is not an int, and
+patch(compile_blocks=False) run the layer's own code.
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ def _trace(layer: nn.Module, site: LayerSite):
 def fused(self: nn.Module, site: LayerSite, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
     offset = None if cache is None else getattr(cache, "offset", None)
     if not site.traced or x.ndim != 3 or x.shape[1] != 1 or type(offset) is not int:
-        return original_class(self).__call__(self, x, mask, cache)
+        # the layer's own code (ResidualSite's shape), the add + norm fused when residual_norm was asked for too
+        r = getattr(self, site.attn)(self.input_layernorm(x), mask, cache)
+        return _layer.residual_ffn(self, x, r, "post_attention_layernorm", site.ffn, residual_norm=site.residual_norm)
     before, after = compiled_fn(self, _trace, self, site)
     queries, keys, values = before(x, positions(offset))
     keys, values = cache.update_and_fetch(keys, values)
