@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
+from zmlx.patch import switches  # light: the flags, no mlx-lm import
 
 from . import compare, report, stats
 from .capsule import SCHEMA_TAG, Capsule, CapsuleError, json_schema, load_capsule, save_capsule
@@ -203,17 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seeds the prompt and the bootstrap (default 0)")
     r.add_argument("--max-fused-tokens", type=_nonneg, default=32,
                    help="fused path only for M <= this many tokens (default 32)")
-    # spelled out, not zmlx.patch.switches.add_arguments: importing zmlx.patch (~1.7 s) is for `run` only
-    r.add_argument("--fuse-projections", action=argparse.BooleanOptionalAction, default=None,
-                   help="fuse the quantized projections at decode (default: patch()'s, per model family)")
-    r.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
-                   help="trace patched MoE blocks with mx.compile at decode (default: patch()'s, on)")
-    r.add_argument("--fuse-router", action=argparse.BooleanOptionalAction, default=None,
-                   help="run an affine-quantized MoE router's projection inside the routing launch (default off)")
-    r.add_argument("--fuse-qkv", action=argparse.BooleanOptionalAction, default=None,
-                   help="run attention's q/k/v projections inside the q/k norm + RoPE launch (default off)")
-    r.add_argument("--fuse-conv-proj", action=argparse.BooleanOptionalAction, default=None,
-                   help="run LFM2's conv in_proj inside the short-conv launch (default off)")
+    switches.add_arguments(r)  # --[no-]fuse-projections, --[no-]compile-blocks and the opt-ins
     r.add_argument("--out", "-o", metavar="PATH",
                    help="capsule file, or a directory to name it in (YYYYMMDD_device_models.json); "
                         "default: that name in the current directory")

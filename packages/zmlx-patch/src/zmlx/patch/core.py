@@ -10,11 +10,23 @@ from dataclasses import dataclass, field
 import mlx.nn as nn
 from zmlx.kernels.backend import gpu_backend
 
-from . import _swap
-from .families import resolve_class
-from .patterns import PATTERNS
-from .registry import DEFAULT_PATTERNS, FAMILIES, FamilySpec, Site, detect_model_type, supported_model_types
-from .registry import PATTERNS as PATTERN_NAMES
+from ._version import check_mlx_lm_version
+
+# before anything reads mlx-lm's block code: a clear ImportError outside the versions the patterns reproduce
+MLX_LM_VERSION = check_mlx_lm_version()
+
+from . import _swap  # noqa: E402
+from .families import resolve_class  # noqa: E402
+from .patterns import PATTERNS  # noqa: E402
+from .registry import (  # noqa: E402
+    DEFAULT_PATTERNS,
+    FAMILIES,
+    FamilySpec,
+    Site,
+    detect_model_type,
+    supported_model_types,
+)
+from .registry import PATTERNS as PATTERN_NAMES  # noqa: E402
 
 PREFIX = "[zmlx.patch]"
 

@@ -5,7 +5,6 @@ lives in ``patch``'s signature; :func:`effective` resolves them for records and 
 from __future__ import annotations
 
 import argparse
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,12 +17,20 @@ SWITCHES: dict[str, str] = {
 }
 
 
-def defaults() -> dict[str, bool | None]:
-    """patch()'s default for each switch, read from its signature (None: each family's own choice)."""
-    from .core import patch
+# patch()'s default for each switch (None: each family's own choice). Written here, not read from patch()'s
+# signature, so the CLIs build their flags without importing mlx-lm; a test holds the two equal.
+DEFAULTS: dict[str, bool | None] = {
+    "fuse_projections": None,
+    "compile_blocks": True,
+    "fuse_router": False,
+    "fuse_qkv": False,
+    "fuse_conv_proj": False,
+}
 
-    params = inspect.signature(patch).parameters
-    return {name: params[name].default for name in SWITCHES}
+
+def defaults() -> dict[str, bool | None]:
+    """patch()'s default for each switch (None: each family's own choice)."""
+    return dict(DEFAULTS)
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any) -> None:

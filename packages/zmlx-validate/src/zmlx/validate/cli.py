@@ -12,6 +12,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from zmlx.patch import switches  # light: the flags, no mlx-lm import
+
 from .prompt import DEFAULT_PROMPT
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_UNSTABLE = 0, 1, 2, 3
@@ -50,18 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", default=None, help="comma-separated patterns to leave out")
     p.add_argument("--max-fused-tokens", type=int, default=32,
                    help="fused path only when a block sees at most this many tokens (default 32)")
-    # the switch flags are spelled out here (not zmlx.patch.switches.add_arguments): importing zmlx.patch costs
-    # ~1.7 s (mlx-lm), which --help and usage errors should not pay
-    p.add_argument("--fuse-projections", action=argparse.BooleanOptionalAction, default=None,
-                   help="fuse the quantized projections at decode (default: patch()'s, per model family)")
-    p.add_argument("--compile-blocks", action=argparse.BooleanOptionalAction, default=None,
-                   help="trace patched MoE blocks with mx.compile at decode (default: patch()'s, on)")
-    p.add_argument("--fuse-router", action=argparse.BooleanOptionalAction, default=None,
-                   help="run an affine-quantized MoE router's projection inside the routing launch (default off)")
-    p.add_argument("--fuse-qkv", action=argparse.BooleanOptionalAction, default=None,
-                   help="run attention's q/k/v projections inside the q/k norm + RoPE launch (default off)")
-    p.add_argument("--fuse-conv-proj", action=argparse.BooleanOptionalAction, default=None,
-                   help="run LFM2's conv in_proj inside the short-conv launch (default off)")
+    switches.add_arguments(p)  # --[no-]fuse-projections, --[no-]compile-blocks and the opt-ins
     p.add_argument("--prefill-step-size", type=int, default=2048, help="prompt chunk size, both sides (2048)")
     p.add_argument("--seed", type=int, default=0, help="seed of synthetic weights and of MLX's RNG (default 0)")
     p.add_argument("--json", metavar="PATH", default=None, help="write the ValidationRecord as JSON (atomic)")
@@ -175,7 +166,6 @@ def validate(args: argparse.Namespace, out: Any) -> int:
     if not prompt_ids:
         raise UsageError("the prompt encodes to no tokens")
     patch_kwargs: dict[str, Any] = {"max_fused_tokens": args.max_fused_tokens}
-    from zmlx.patch import switches
 
     patch_kwargs.update(switches.given(args))
     if args.patterns is not None:
