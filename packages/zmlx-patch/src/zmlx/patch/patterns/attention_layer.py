@@ -3,13 +3,13 @@
 For pre-norm layers whose attention is Qwen3's (q/k RMSNorm, qk_norm_rope's launch) or Llama's (llama, qwen2,
 mixtral). At one token a Qwen3 layer is ``input_layernorm``, the attention prologue (projections, q/k RMSNorm, RoPE),
 ``cache.update_and_fetch``, SDPA, ``o_proj``, ``h = x + r``, ``post_attention_layernorm``, the feed-forward and
-``h + ffn`` (added in a fused MoE's last launch, as conv_layer does). Only the cache update and SDPA see arrays whose shape grows every step, so the rest is two pure
-functions traced once by ``mx.compile``: ``(x, position) -> (q, k, v)`` before and ``(x, attention) -> out`` after,
-with the position a device int32 (``zk`` kernels read it there). Each step then builds two traced calls plus the
-cache update and SDPA in Python instead of the whole layer. The arithmetic is the layer's own (qk_norm_rope's
-kernel for the norm + RoPE, the feed-forward as patched); ``residual_norm`` among the patterns makes the post-attention
-add + norm one ``zk.add_rms_norm`` (traced or not). Prefill, caches whose offset is not an int, and
-patch(compile_blocks=False) run the layer's own code.
+``h + ffn`` (added in a fused MoE's last launch, as conv_layer does). Only the cache update and SDPA see arrays whose
+shape grows every step, so the rest is two pure functions traced once by ``mx.compile``: ``(x, position) -> (q, k,
+v)`` before and ``(x, attention) -> out`` after, the position a device int32 (``zk`` kernels and ``mx.fast.rope``
+read it there). Each step then builds two traced calls plus the cache update and SDPA in Python instead of the
+whole layer. The arithmetic is the layer's own (qk_norm_rope's kernel for the norm + RoPE, the feed-forward as
+patched); ``residual_norm`` among the patterns makes the post-attention add + norm one ``zk.add_rms_norm`` (traced
+or not). Prefill, caches whose offset is not an int, and patch(compile_blocks=False) run the layer's own code.
 """
 
 from __future__ import annotations
