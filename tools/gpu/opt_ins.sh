@@ -5,6 +5,7 @@
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh lfm2    # device cost (ncu), lfm2 decode A/B
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh qwen3   # qwen3 A/B and host/device split (build 3+ min)
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh layer [llama-3-8b]  # attention_layer: tests, split, A/B
+#   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh stack [MODEL]  # A/B: layer, +qkv, +router +res
 #   ... bash tools/gpu/opt_ins.sh capsule lfm2-8b-a1b --fuse-qkv ...     # the claim: a capsule, 500 tokens x 5 runs
 # Timing phases run nothing else on the GPU.
 set -uo pipefail
@@ -46,6 +47,11 @@ case "${1:-}" in
     done
     timeout 240 python3 $G/ab_decode.py "$m" --configs stock default default+layer --rounds 4 2>&1 | tail -4
     ;;
+  stack)  # [MODEL]: the host-side cuts stacked, one A/B (each config's re-trace left out of its timing since 23d975e)
+    m=synthetic:${2:-qwen3-30b-a3b}
+    timeout 560 python3 $G/ab_decode.py "$m" --configs stock default default+layer default+layer+qkv \
+      default+layer+qkv+router+res --rounds 4 2>&1 | tail -6
+    ;;
   capsule)
     [ $# -ge 2 ] || { echo "usage: bash tools/gpu/opt_ins.sh capsule MODEL [zmlx-bench run flags]" >&2; exit 2; }
     m=$2; shift 2
@@ -53,5 +59,5 @@ case "${1:-}" in
       --cache-dir /tmp/zmlx-synth --quiet --note "zmlx $(cat .zmlx-commit 2>/dev/null) $*" "$@" \
       --out "$OUT/${m}_capsule.json" 2>&1 | tail -2
     ;;
-  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3|layer [MODEL]|capsule MODEL [flags]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3|layer [MODEL]|stack [MODEL]|capsule MODEL [flags]" >&2; exit 2 ;;
 esac
