@@ -113,7 +113,9 @@ def _trace_attention(layer: nn.Module, site: ConvLayerSite):
         r = layer.self_attn.out_proj(attended.transpose(0, 2, 1, 3).reshape(B, L, -1))
         return _residual(layer, site, x, r, fold=_layer.FOLD_RESIDUAL)
 
-    return mx.compile(before, inputs=layer), mx.compile(after, inputs=layer)
+    # each graph's own modules as live inputs (attention_layer._trace says why)
+    return (mx.compile(before, inputs=[layer.operator_norm, layer.self_attn]),
+            mx.compile(after, inputs=[layer.self_attn.out_proj, layer.ffn_norm, layer.feed_forward]))
 
 
 def _attention_step(self: nn.Module, site: ConvLayerSite, x: mx.array, mask: Any, cache: Any) -> mx.array:
