@@ -115,3 +115,10 @@ def test_lfm2_attention_layers_traced_by_conv_layer(family, quantized, extra):
     assert all(f"model.layers.{i}" in traced for i, layer in enumerate(layers) if layer.is_attention_layer)
     assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
     unpatch(model)
+
+
+@pytest.mark.parametrize("module", ["self_attn.v_proj", "self_attn.out_proj", "feed_forward.switch_mlp.down_proj"])
+def test_lfm2_traced_attention_layers_see_weight_updates(module):
+    model = tiny.build("lfm2_moe", quantized=True)
+    index = next(i for i, layer in enumerate(_layers(model)) if layer.is_attention_layer)
+    tiny.check_sees_weight_update(model, module, layer=index, patterns=_with_layer("lfm2_moe"))

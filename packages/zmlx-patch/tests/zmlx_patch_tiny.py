@@ -129,8 +129,8 @@ def logits(model: nn.Module, toks: mx.array) -> mx.array:
     return out
 
 
-def check_sees_weight_update(model: nn.Module, module: str, **patch_kwargs) -> None:
-    """Patch ``model``, decode one token, scale layer 1's ``module`` (a dotted path to a quantized projection) scales
+def check_sees_weight_update(model: nn.Module, module: str, layer: int = 1, **patch_kwargs) -> None:
+    """Patch ``model``, decode one token, scale ``layer``'s ``module`` (a dotted path to a quantized projection) scales
     by 3, decode again: the output must move (a traced graph holds no stale weight) and equal the unpatched one."""
     from mlx_lm.models.cache import make_prompt_cache
     from zmlx.patch import patch, unpatch
@@ -138,7 +138,7 @@ def check_sees_weight_update(model: nn.Module, module: str, **patch_kwargs) -> N
     one = tokens(1, seed=4)
     patch(model, verbose=False, **patch_kwargs)
     before = model(one, cache=make_prompt_cache(model))
-    target = model.model.layers[1]
+    target = model.model.layers[layer]
     for name in module.split("."):
         target = getattr(target, name)
     target.scales = target.scales * 3
