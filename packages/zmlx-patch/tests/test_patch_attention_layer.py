@@ -9,7 +9,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from zmlx.patch import list_patterns, patch, unpatch
 from zmlx.patch.registry import FAMILIES
 
-FAMILIES_WITH_IT = ["qwen3", "qwen3_moe", "llama", "qwen2", "mixtral"]  # LFM2's: the last test
+FAMILIES_WITH_IT = ["qwen3", "qwen3_moe", "llama", "qwen2", "mixtral", "gpt_oss"]  # LFM2's: the last test
 
 
 def _decode(model, seq: mx.array, prompt: int = 3) -> list[mx.array]:
@@ -122,3 +122,14 @@ def test_lfm2_traced_attention_layers_see_weight_updates(module):
     model = tiny.build("lfm2_moe", quantized=True)
     index = next(i for i, layer in enumerate(_layers(model)) if layer.is_attention_layer)
     tiny.check_sees_weight_update(model, module, layer=index, patterns=_with_layer("lfm2_moe"))
+
+
+def test_gpt_oss_past_its_sliding_window():
+    # the sliding layers' RotatingKVCache wraps around (window 16 in the tiny config) while the traced graphs replay
+    model = tiny.build("gpt_oss", quantized=True)
+    seq = tiny.tokens(40, seed=8)
+    want = _decode(model, seq)
+    patch(model, verbose=False, patterns=_with_layer("gpt_oss"))
+    got = _decode(model, seq)
+    unpatch(model)
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))

@@ -115,6 +115,8 @@ class PlainAttentionSite:
     block: str
     heads: tuple[str, str] = ("n_heads", "n_kv_heads")
     out: str = "o_proj"
+    scale: str = "scale"  # the attribute SDPA's scale is read from
+    sinks: bool = False  # gpt-oss: SDPA gets the block's learned ``sinks``
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,11 @@ LAYER: dict[str, tuple[LayerSite, ...]] = {
                     ATTENTION[key][0] if key in ATTENTION else _PLAIN_ATTENTION[key]),)
     for key in ("qwen3", "qwen3_moe", *_PLAIN_ATTENTION)
 }
+# gpt-oss: `x = residual + attn(norm(x)); x = residual + mlp(norm(x))` (the ResidualSite math), its attention Llama's
+# up to the cache with views spelled `reshape(B, L, -1, D).swapaxes(1, 2)`, then SDPA with sinks and `sm_scale`
+LAYER["gpt_oss"] = (LayerSite(_m("gpt_oss", "TransformerBlock"), "self_attn", "mlp", PlainAttentionSite(
+    _m("gpt_oss", "AttentionBlock"), heads=("num_attention_heads", "num_key_value_heads"), scale="sm_scale",
+    sinks=True)),)
 
 
 # Short-convolution decoder layers (LFM2), each __call__ (with ShortConv's) line for line the ConvLayerSite shape.

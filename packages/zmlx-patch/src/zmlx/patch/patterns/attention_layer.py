@@ -1,7 +1,7 @@
 """attention_layer: a decoder layer's decode step as two traced graphs around the KV-cache update and SDPA.
 
 For pre-norm layers whose attention is Qwen3's (q/k RMSNorm, qk_norm_rope's launch) or Llama's (llama, qwen2,
-mixtral). At one token a Qwen3 layer is ``input_layernorm``, the attention prologue (projections, q/k RMSNorm, RoPE),
+mixtral; gpt-oss's, with its sinks). At one token a Qwen3 layer is ``input_layernorm``, the attention prologue (projections, q/k RMSNorm, RoPE),
 ``cache.update_and_fetch``, SDPA, ``o_proj``, ``h = x + r``, ``post_attention_layernorm``, the feed-forward and
 ``h + ffn`` (added in a fused MoE's last launch, as conv_layer does). Only the cache update and SDPA see arrays whose
 shape grows every step, so the rest is two pure functions traced once by ``mx.compile``: ``(x, position) -> (q, k,
@@ -20,7 +20,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import scaled_dot_product_attention
-from mlx_lm.models.rope_utils import Llama3RoPE
+from mlx_lm.models.rope_utils import Llama3RoPE, YarnRoPE
 from zmlx.kernels.backend import positions
 
 from .._swap import compiled_fn, original_class
@@ -28,8 +28,8 @@ from ..families import AttentionSite, LayerSite, resolve_class
 from . import _layer, qk_norm_rope
 from ._structure import missing_modules
 
-# RoPE classes whose __call__ only hands the offset to mx.fast.rope (mlx_lm.models.rope_utils.Llama3RoPE included)
-_ROPES = (nn.RoPE, Llama3RoPE)
+# RoPE classes whose __call__ only hands the offset to mx.fast.rope (Llama3RoPE, YarnRoPE: precomputed freqs)
+_ROPES = (nn.RoPE, Llama3RoPE, YarnRoPE)
 
 SUMMARY = ("decoder layer at one token: everything but the KV-cache update and SDPA traced by mx.compile in two "
            "graphs (norm + attention prologue; o_proj, residuals, norm, feed-forward)")
@@ -53,6 +53,10 @@ def check(module: nn.Module, site: LayerSite) -> str | None:
         return f"rope is {type(attention.rope).__name__}, not one that passes its offset to mx.fast.rope"
     if not all(isinstance(getattr(attention, a, None), int) for a in site.attention.heads):
         return f"no integer {' / '.join(site.attention.heads)}"
+    if not isinstance(getattr(attention, site.attention.scale, None), float):
+        return f"no float {site.attention.scale}"
+    if site.attention.sinks and not isinstance(getattr(attention, "sinks", None), mx.array):
+        return "no sinks array"
     return None
 
 
@@ -102,5 +106,8 @@ def fused(self: nn.Module, site: LayerSite, x: mx.array, mask: Any = None, cache
     queries, keys, values = before(x, positions(offset))
     keys, values = cache.update_and_fetch(keys, values)
     attention = getattr(self, site.attn)
-    attended = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=attention.scale, mask=mask)
+    extra = {"sinks": attention.sinks} if getattr(site.attention, "sinks", False) else {}
+    attended = scaled_dot_product_attention(queries, keys, values, cache=cache,
+                                            scale=getattr(attention, getattr(site.attention, "scale", "scale")),
+                                            mask=mask, **extra)
     return after(x, attended)
