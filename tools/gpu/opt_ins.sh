@@ -39,7 +39,7 @@ case "${1:-}" in
     ;;
   layer)  # [MODEL]: the opt-in attention_layer: GPU tests, step split, A/B (default qwen3-30b-a3b, build 3+ min)
     m=synthetic:${2:-qwen3-30b-a3b}
-    ( timeout 300 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k attention_layer \
+    ( timeout 300 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "attention_layer or array_offset" \
       packages/zmlx-patch/tests/test_rope_offset_gpu.py > "$OUT/pl.log" 2>&1 )
     echo "== pl: $(tail -1 "$OUT/pl.log")"; grep -E "^FAILED|^ERROR" "$OUT/pl.log" | head -8
     for c in stock default default+layer; do
