@@ -10,6 +10,9 @@ qkv: fused = zk.qkv_norm_rope (q/k/v projections + q/k norm + RoPE, one launch);
 the reshapes, zk.qk_norm_rope and the value transpose (what the qk_norm_rope pattern runs by default).
 conv: fused = zk.short_conv_proj (LFM2's in_proj + short conv, one launch); split = MLX's quantized_matmul, then
 zk.short_conv (what conv_layer runs by default).
+rope: fused = mx.fast.rope with the offset a positions() view (what attention_layer's traced graphs pass); split =
+the int offset stock mlx-lm passes (if MLX builds a host array for it, its managed page faults over, as zmlx's own
+kernels' did: docs/perf-notes.md v8a).
 """
 
 from __future__ import annotations
@@ -95,6 +98,23 @@ def _router_forms(e, d, k, variant, rbias, kw):
     return fused, split
 
 
+def _rope_forms(heads: int, d: int, offset: int):
+    import mlx.core as mx
+    import mlx.nn as nn
+    from zmlx.kernels.backend import positions
+
+    rope = nn.RoPE(d, base=500000.0)
+    x = mx.random.normal((1, heads, 1, d), key=mx.random.key(d)).astype(mx.bfloat16)
+
+    def fused():
+        return (rope(x, offset=positions(offset)),)
+
+    def split():
+        return (rope(x, offset=offset),)
+
+    return fused, split
+
+
 def run(calls: int, host_reps: int) -> None:
     import time
 
@@ -105,6 +125,7 @@ def run(calls: int, host_reps: int) -> None:
     cases += [(f"qkv    {m:<14} {hq}/{hk} x {hd}, D{d}", _qkv_forms(hq, hk, hd, d, bits))
               for m, hq, hk, hd, d, bits in QKV_SHAPES]
     cases.append(("conv   lfm2-8b-a1b    D2048 K3", _conv_forms(2048, 3)))
+    cases.append(("rope   llama-3-8b     32 x 128, offset 517", _rope_forms(32, 128, 517)))
     for label, (fused, split) in cases:
         f, s = fused(), split()
         mx.eval(f, s)
@@ -130,7 +151,7 @@ def summarize(path: str) -> None:
         by_name[kernel[:60]].append(us)
     print("| kernel | launches | median us |\n|---|---|---|")
     for name, vs in by_name.items():
-        if "zmlx" not in name and "qmv" not in name:  # the inputs' set-up kernels
+        if "zmlx" not in name and "qmv" not in name and "rope" not in name:  # the inputs' set-up kernels
             continue
         print(f"| `{name}` | {len(vs)} | {statistics.median(vs):.2f} |")
 
