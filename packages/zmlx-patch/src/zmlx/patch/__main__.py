@@ -7,15 +7,16 @@ import sys
 from .families import MoeSite
 from .patterns import PATTERNS
 from .registry import DEFAULT_PATTERNS, FAMILIES
+from .registry import PATTERNS as PATTERN_NAMES
 
 USAGE = "usage: python -m zmlx.patch list"
 
 
 def support_matrix() -> list[str]:
-    lines = [f"{'model_type':<14} {'default patterns':<46} {'opt-in / excluded':<32} notes"]
+    lines = [f"{'model_type':<14} {'default patterns':<46} {'opt-in / excluded':<56} notes"]
     for name, fam in FAMILIES.items():
         on = [p for p in DEFAULT_PATTERNS if p in fam.sites and p not in fam.excluded]
-        off = ([f"{p} (opt-in)" for p in fam.opt_in] + [f"{p} (excluded)" for p in fam.excluded]
+        off = ([f"{p} (opt-in)" for p in PATTERN_NAMES if p in fam.opt_in] + [f"{p} (excluded)" for p in fam.excluded]
                + [f"{p} (unfused: off on CUDA)" for p in fam.slow_on_cuda])
         notes = []
         moe = next((s for s in fam.sites.get("moe_mlp", ()) if isinstance(s, MoeSite)), None)
@@ -27,7 +28,7 @@ def support_matrix() -> list[str]:
             notes.append("projections fused on CUDA")
         if fam.aliases:
             notes.append(f"also: {', '.join(fam.aliases)}")
-        lines.append(f"{name:<14} {', '.join(on) or '-':<46} {', '.join(off) or '-':<32} {'; '.join(notes)}")
+        lines.append(f"{name:<14} {', '.join(on) or '-':<46} {', '.join(off) or '-':<56} {'; '.join(notes)}")
     reasons = {r for fam in FAMILIES.values() for r in (*fam.opt_in.values(), *fam.excluded.values())}
     reasons |= {f"{name} {p} off on CUDA: {r}" for name, fam in FAMILIES.items() for p, r in fam.slow_on_cuda.items()}
     reasons |= {f"{name} projections fused on CUDA (fuse_projections=None): {fam.fuse_on_cuda}"
@@ -42,7 +43,7 @@ def support_matrix() -> list[str]:
         lines.append("")
         lines.extend(f"why: {r}" for r in sorted(reasons))
     lines.append("")
-    lines.extend(f"{name:<14} {p.summary}" for name, p in PATTERNS.items())
+    lines.extend(f"{name:<16} {p.summary}" for name, p in PATTERNS.items())
     return lines
 
 
