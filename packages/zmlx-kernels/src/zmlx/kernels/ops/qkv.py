@@ -20,7 +20,7 @@ import numpy as np
 
 from ..backend import constant, launch, position_input, target_for
 from ..emit import KernelSpec, Param
-from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64
+from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64, dtype_name
 from ._qmv import qmv_rows, rows_per_warp
 from .attention import NORM_ROPE, _log2f, qk_norm_rope, qk_norm_rope_reference
 from .moe_experts import Quant, mlx_numerics
@@ -196,7 +196,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
         want = (wd @ xd).reshape(hk, hd)
         scale = (np.abs(wd) @ np.abs(xd) + 1e-3).reshape(hk, hd)  # relative to the magnitudes summed
         err = float(np.max(np.abs(as_float64(got)[0, :, 0, :] - want) / scale))
-        out.append(RefCheck("qkv", "qkv_norm_rope v", str(dtype).removeprefix("mlx.core."), err, REF_TOLERANCE[dtype]))
+        out.append(RefCheck("qkv", "qkv_norm_rope v", dtype_name(dtype), err, REF_TOLERANCE[dtype]))
     return out
 
 

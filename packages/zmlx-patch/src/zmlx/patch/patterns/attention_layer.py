@@ -86,13 +86,25 @@ def _after(layer: nn.Module, site: LayerSite, x: mx.array, attended: mx.array) -
                                fold=_layer.FOLD_RESIDUAL)
 
 
+def _attend(attention: nn.Module, site: LayerSite):
+    """mlx-lm's SDPA as the block calls it, resolved once per layer: the scale's attribute, gpt-oss's sinks (both
+    read at each call, so replaced weights are seen)."""
+    scale = getattr(site.attention, "scale", "scale")
+    if getattr(site.attention, "sinks", False):
+        return lambda q, k, v, cache, mask: scaled_dot_product_attention(
+            q, k, v, cache=cache, scale=getattr(attention, scale), mask=mask, sinks=attention.sinks)
+    return lambda q, k, v, cache, mask: scaled_dot_product_attention(
+        q, k, v, cache=cache, scale=getattr(attention, scale), mask=mask)
+
+
 def _trace(layer: nn.Module, site: LayerSite):
-    # inputs: the modules each graph reads, their arrays read at every call (never stale); each graph's own modules
-    # only, as flattening a whole MoE layer's tree costs a call ~5 us more
+    # (before, SDPA, after), built on the layer's first decode step. Each graph's inputs are the modules it reads,
+    # their arrays read at every call (never stale); only its own, as flattening a whole MoE layer costs ~5 us more
     attention = getattr(layer, site.attn)
     before_reads = [layer.input_layernorm, attention]
     after_reads = [attention[site.attention.out], layer.post_attention_layernorm, getattr(layer, site.ffn)]
     return (mx.compile(lambda x, pos: _before(layer, site, x, pos), inputs=before_reads),
+            _attend(attention, site),
             mx.compile(lambda x, attended: _after(layer, site, x, attended), inputs=after_reads))
 
 
@@ -102,12 +114,7 @@ def fused(self: nn.Module, site: LayerSite, x: mx.array, mask: Any = None, cache
         # the layer's own code (ResidualSite's shape), the add + norm fused when residual_norm was asked for too
         r = getattr(self, site.attn)(self.input_layernorm(x), mask, cache)
         return _layer.residual_ffn(self, x, r, "post_attention_layernorm", site.ffn, residual_norm=site.residual_norm)
-    before, after = compiled_fn(self, _trace, self, site)
+    before, attend, after = compiled_fn(self, _trace, self, site)
     queries, keys, values = before(x, positions(offset))
     keys, values = cache.update_and_fetch(keys, values)
-    attention = getattr(self, site.attn)
-    extra = {"sinks": attention.sinks} if getattr(site.attention, "sinks", False) else {}
-    attended = scaled_dot_product_attention(queries, keys, values, cache=cache,
-                                            scale=getattr(attention, getattr(site.attention, "scale", "scale")),
-                                            mask=mask, **extra)
-    return after(x, attended)
+    return after(x, attend(queries, keys, values, cache, mask))
