@@ -14,6 +14,7 @@ def test_positions_are_the_integers_asked_for(start, n):
 
 def test_table_is_reused_and_grows_by_doubling():
     backend._POSITIONS.clear()
+    backend._RECENT.clear()
     backend.positions(7)
     first = backend._POSITIONS["table"]
     backend.positions(4000)
@@ -21,6 +22,17 @@ def test_table_is_reused_and_grows_by_doubling():
     backend.positions(4096)  # one past the table
     assert backend._POSITIONS["table"].shape == (8192,)
     assert backend.positions(8191).item() == 8191
+
+
+def test_a_steps_layers_share_one_view_and_the_memo_stays_small():
+    backend._RECENT.clear()
+    first = backend.positions(321)
+    assert backend.positions(321) is first, "48 layers asking for one step's position get one slice"
+    assert backend.positions(321, 2) is not first and backend.positions(321, 2).tolist() == [321, 322]
+    for step in range(322, 322 + 3 * backend._RECENT_MAX):  # a decode moving on
+        assert backend.positions(step).item() == step
+        assert len(backend._RECENT) <= backend._RECENT_MAX
+    assert backend.positions(321).item() == 321  # dropped from the memo, sliced again
 
 
 @pytest.mark.parametrize(("start", "n"), [(-1, 1), (0, 0)])

@@ -100,6 +100,9 @@ def constant(values: tuple[float, ...], dtype: mx.Dtype = mx.float32) -> mx.arra
 
 # int32 0..n-1, written by the GPU: the source of per-call positions (RoPE offsets)
 _POSITIONS: dict[str, mx.array] = {}
+# the views handed out lately, by (start, n): arrays are immutable, so a step's layers can share one
+_RECENT: dict[tuple[int, int], mx.array] = {}
+_RECENT_MAX = 8
 
 
 def positions(start: int, n: int = 1) -> mx.array:
@@ -111,10 +114,16 @@ def positions(start: int, n: int = 1) -> mx.array:
     """
     if start < 0 or n < 1:
         raise ValueError(f"positions: start must be >= 0 and n >= 1, got {start}, {n}")
+    view = _RECENT.get((start, n))
+    if view is not None:  # every layer of a decode step asks for the same position: one slice, not 48
+        return view
     table = _POSITIONS.get("table")
     if table is None or table.shape[0] < start + n:
         table = _POSITIONS["table"] = mx.arange(max(4096, 1 << (start + n - 1).bit_length()), dtype=mx.int32)
-    return table[start:start + n]
+    if len(_RECENT) >= _RECENT_MAX:
+        _RECENT.clear()
+    view = _RECENT[(start, n)] = table[start:start + n]
+    return view
 
 
 def position_input(offset: int | mx.array) -> mx.array:
