@@ -1,7 +1,10 @@
-"""tools/gpu/profile_decode.py --summarize: ncu CSV (log lines first, mixed units) -> device time per step."""
+"""tools/gpu/profile_decode.py: --summarize (ncu CSV, log lines first, mixed units -> device time per step) and --graph."""
 
 import importlib.util
+import re
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).with_name("gpu") / "profile_decode.py"
 HEADER = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",'
@@ -63,3 +66,21 @@ def test_fusion_cost_summarize_reads_the_same_log_and_refuses_others(tmp_path, c
     for bad, why in ((tmp_path / "none.csv", "cannot read it"), (SCRIPT, "no gpu__time_duration.sum rows")):
         assert fusion.main(["--summarize", str(bad)]) == 2
         assert why in capsys.readouterr().err
+
+
+def test_graph_counts_one_decode_steps_primitives(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # _model reads ab_decode's config parser
+    tool = _tool()
+    assert tool.main(["synthetic:llama-tiny", "--graph", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^\| `(\w+)` \| (\d+) \|$", out, re.M))
+    total, layers = map(int, re.search(r"primitives per decode step: (\d+) \(.* over (\d+) layers", out).groups())
+    assert layers == 2 and total == sum(map(int, rows.values()))
+    assert int(rows["SliceUpdate"]) == 2 * layers, "one keys and one values write into each layer's KV cache"
+    assert int(rows["ArgReduce"]) == 1, "the greedy pick of the next token"
+
+
+def test_graph_and_time_are_one_or_the_other(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _tool().main(["synthetic:llama-tiny", "--graph", "--time"])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err

@@ -7,6 +7,9 @@
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh layer [llama-3-8b]  # attention_layer: tests, split, A/B
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh stack [MODEL]  # A/B: layer, +qkv, +router +res
 #   ... bash tools/gpu/opt_ins.sh capsule lfm2-8b-a1b --fuse-qkv ...     # the claim: a capsule, 500 tokens x 5 runs
+#   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh graph [MODEL]  # primitives per step, by kind
+# On a fresh host the first decode of a model JIT-compiles MLX's own kernels for 1-2 minutes (cached on disk after):
+# session 4's first three 80 s profiles all timed out. Profiles here allow 180 s.
 # Timing phases run nothing else on the GPU.
 set -uo pipefail
 OUT=${OUT:-/tmp/zmlx-out}; mkdir -p "$OUT"
@@ -34,7 +37,7 @@ case "${1:-}" in
       2>&1 | tail -4
     for c in default default+qkv; do
       echo "[time] $c: $(timeout 80 python3 $G/profile_decode.py synthetic:qwen3-30b-a3b --config $c --time \
-        --steps 40 2>&1 | tail -2 | tr '\n' ' ')"
+        --steps 40 2>&1 | grep -E 'ms/(step|token)' | tr '\n' ' ')"
     done
     ;;
   layer)  # [MODEL]: the opt-in attention_layer: GPU tests, step split, A/B (default qwen3-30b-a3b, build 3+ min)
@@ -43,8 +46,8 @@ case "${1:-}" in
       packages/zmlx-patch/tests/test_rope_offset_gpu.py > "$OUT/pl.log" 2>&1 )
     echo "== pl: $(tail -1 "$OUT/pl.log")"; grep -E "^FAILED|^ERROR" "$OUT/pl.log" | head -8
     for c in stock default default+layer; do
-      echo "[time] $c: $(timeout 90 python3 $G/profile_decode.py "$m" --config $c --time --steps 40 2>&1 \
-        | tail -2 | tr '\n' ' ')"
+      echo "[time] $c: $(timeout 180 python3 $G/profile_decode.py "$m" --config $c --time --steps 40 2>&1 \
+        | grep -E 'ms/(step|token)' | tr '\n' ' ')"
     done
     timeout 240 python3 $G/ab_decode.py "$m" --configs stock default default+layer --rounds 4 2>&1 | tail -4
     ;;
@@ -53,12 +56,18 @@ case "${1:-}" in
     timeout 560 python3 $G/ab_decode.py "$m" --configs stock default default+layer default+layer+qkv \
       default+layer+qkv+router+res --rounds 4 2>&1 | tail -6
     ;;
+  graph)  # [MODEL]: what dispatch costs in count: one decode step's primitives for each config (seconds each)
+    m=synthetic:${2:-qwen3-30b-a3b}
+    for c in stock default default+layer default+layer+qkv; do
+      echo "== $c"; timeout 240 python3 $G/profile_decode.py "$m" --config $c --graph 2>&1 | grep -E "^(\||primitives)"
+    done
+    ;;
   capsule)
     [ $# -ge 2 ] || { echo "usage: bash tools/gpu/opt_ins.sh capsule MODEL [zmlx-bench run flags]" >&2; exit 2; }
     m=$2; shift 2
     python3 -m zmlx.bench run "synthetic:$m" --runs 5 --max-tokens 500 --prompt-tokens 512 --warmup 1 \
       --cache-dir /tmp/zmlx-synth --quiet --note "zmlx $(cat .zmlx-commit 2>/dev/null) $*" "$@" \
-      --out "$OUT/${m}_capsule.json" 2>&1 | tail -2
+      --out "$OUT/${m}_capsule.json" 2>&1 | grep -v "incorrect regex pattern" | tail -2
     ;;
-  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3|layer [MODEL]|stack [MODEL]|capsule MODEL [flags]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3|layer [MODEL]|stack [MODEL]|graph [MODEL]|capsule MODEL [flags]" >&2; exit 2 ;;
 esac

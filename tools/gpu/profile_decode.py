@@ -8,6 +8,9 @@
       kernels of exactly --steps decode steps, bracketed by cuProfilerStart/Stop after a warm-up
   python3 tools/gpu/profile_decode.py --summarize K.csv [--steps N]
       device microseconds per step by kernel, largest first
+  python3 tools/gpu/profile_decode.py MODEL --config C --graph
+      the primitives one decode step hands MLX to dispatch, by kind (mx.export_to_dot of the step's graph): what
+      dispatch costs in count. On the CPU fast ops show as their decomposition and zmlx ops as their references
 """
 
 from __future__ import annotations
@@ -117,6 +120,40 @@ def profile_steps(model, prompt, steps: int) -> None:
     cuda.cuProfilerStop()
 
 
+_LABEL = re.compile(r'label ="([^"]+)"')
+
+
+def graph_census(model, prompt) -> dict[str, int]:
+    """Primitives in one decode step's graph (after warm-up steps, so traced blocks replay), by kind; fused
+    elementwise segments of a trace count as one ``Compiled``."""
+    import tempfile
+
+    import mlx.core as mx
+    from mlx_lm.generate import generation_stream
+
+    with mx.stream(generation_stream):
+        cache, tok = _prefill(model, prompt)
+        for _ in range(4):
+            tok = _step(model, cache, tok)
+        nxt = mx.argmax(model(tok, cache=cache)[:, -1:], axis=-1)
+        with tempfile.TemporaryDirectory() as d:
+            mx.export_to_dot(f"{d}/step.dot", nxt)
+            labels = _LABEL.findall(open(f"{d}/step.dot").read())
+        mx.eval(nxt)
+    counts: dict[str, int] = defaultdict(int)
+    for label in labels:
+        counts["Compiled" if label.startswith("Compiled") else label] += 1
+    return dict(counts)
+
+
+def print_census(counts: dict[str, int], layers: int) -> None:
+    total = sum(counts.values())
+    print(f"primitives per decode step: {total} ({total / max(layers, 1):.1f} per layer over {layers} layers)")
+    print("| primitive | per step |\n|---|---|")
+    for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"| `{name}` | {n} |")
+
+
 def _family(kernel: str) -> str:
     name = re.sub(r"^(void )?", "", kernel)
     name = re.split(r"[<(]", name, maxsplit=1)[0]
@@ -163,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="stock",
                    help="stock, default (patch() as users call it) or an ab_decode.py config such as moe+qk+fuse")
     p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--time", action="store_true", help="time steps instead of bracketing them for ncu")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--time", action="store_true", help="time steps instead of bracketing them for ncu")
+    mode.add_argument("--graph", action="store_true", help="count the primitives of one decode step, by kind")
     p.add_argument("--cache-dir", default="/tmp/zmlx-synth")
     p.add_argument("--summarize", metavar="CSV")
     args = p.parse_args(argv)
@@ -177,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model:
         p.error("MODEL is required unless --summarize")
     model, prompt = _model(args.model, args.config, args.cache_dir)
+    if args.graph:
+        print_census(graph_census(model, prompt), len(getattr(model, "layers", [])))
+        return 0
     (time_steps if args.time else profile_steps)(model, prompt, args.steps)
     return 0
 
