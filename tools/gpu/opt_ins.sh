@@ -8,6 +8,7 @@
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh stack [MODEL]  # A/B: layer, +qkv, +router +res
 #   ... bash tools/gpu/opt_ins.sh capsule lfm2-8b-a1b --fuse-qkv ...     # the claim: a capsule, 500 tokens x 5 runs
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh graph [MODEL]  # primitives per step, by kind
+#   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh mlxenv [MODEL]  # MLX's CUDA-graph batching vs dispatch
 # On a fresh host the first decode of a model JIT-compiles MLX's own kernels for 1-2 minutes (cached on disk after):
 # session 4's first three 80 s profiles all timed out. Profiles here allow 180 s.
 # Timing phases run nothing else on the GPU.
@@ -62,6 +63,16 @@ case "${1:-}" in
       echo "== $c"; timeout 240 python3 $G/profile_decode.py "$m" --config $c --graph 2>&1 | grep -E "^(\||primitives)"
     done
     ;;
+  mlxenv)  # [MODEL]: MLX's CUDA backend commits a CUDA graph every MLX_MAX_OPS_PER_BUFFER (20) kernels and drops its
+    # whole graph cache past MLX_CUDA_GRAPH_CACHE_SIZE (100) keys: does dispatch (~7 us a primitive) move with them?
+    m=synthetic:${2:-qwen3-30b-a3b}
+    for e in "" "MLX_MAX_OPS_PER_BUFFER=60" "MLX_MAX_OPS_PER_BUFFER=200" "MLX_CUDA_GRAPH_CACHE_SIZE=1000"; do
+      for c in stock default; do
+        echo "[time] ${e:-MLX defaults} $c: $(env $e timeout 180 python3 $G/profile_decode.py "$m" --config $c --time \
+          --steps 40 2>&1 | grep -E 'ms/(step|token)' | tr '\n' ' ')"
+      done
+    done
+    ;;
   capsule)
     [ $# -ge 2 ] || { echo "usage: bash tools/gpu/opt_ins.sh capsule MODEL [zmlx-bench run flags]" >&2; exit 2; }
     m=$2; shift 2
@@ -69,5 +80,5 @@ case "${1:-}" in
       --cache-dir /tmp/zmlx-synth --quiet --note "zmlx $(cat .zmlx-commit 2>/dev/null) $*" "$@" \
       --out "$OUT/${m}_capsule.json" 2>&1 | grep -v "incorrect regex pattern" | tail -2
     ;;
-  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3|layer [MODEL]|stack [MODEL]|graph [MODEL]|capsule MODEL [flags]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3|layer [MODEL]|stack [MODEL]|graph [MODEL]|mlxenv [MODEL]|capsule MODEL [flags]" >&2; exit 2 ;;
 esac
