@@ -32,12 +32,12 @@ def test_checker_rejects_a_broken_kernel():
 
 
 def test_new_high_register_kernels_fit_their_launches():
-    """The kernels that compute projections themselves (router, qkv, short_conv_proj: 86-208 registers a thread)
+    """The kernels that compute projections themselves (router, norm_router, qkv, short_conv_proj: 86-208 registers a thread)
     at every instantiation their check cases launch: threadgroup x registers within the register file (1024 threads of
     the first router kernel did not fit: "too many resources requested for launch" on the H100)."""
     from zmlx.kernels.emit import full_source
 
-    insts = [i for i in csc.launched_instantiations() if i[0].startswith(("router_", "qkv_", "short_conv_proj"))]
+    insts = [i for i in csc.launched_instantiations() if i[0].startswith(("router_", "norm_router_", "qkv_", "short_conv_proj"))]
     assert len(insts) >= 7
     with ThreadPoolExecutor(max_workers=2) as pool:
         fits = list(pool.map(lambda i: csc.fits_register_file(full_source(i[1], "cuda", i[2]), i[3], csc.nvcc()),

@@ -15,6 +15,7 @@ from .ops.attention import qk_norm_rope  # noqa: E402
 from .ops.combine import moe_combine  # noqa: E402
 from .ops.conv import short_conv, short_conv_proj  # noqa: E402
 from .ops.moe_experts import dense_gate_up, moe_down_combine, moe_gate_up  # noqa: E402
+from .ops.norm_router import add_norm_router  # noqa: E402
 from .ops.norms import add_rms_norm  # noqa: E402
 from .ops.qkv import qkv_norm_rope  # noqa: E402
 from .ops.router import quantized_router  # noqa: E402
@@ -27,6 +28,7 @@ except PackageNotFoundError:  # running from a source tree without metadata
 
 __all__ = [
     "__version__",
+    "add_norm_router",
     "add_rms_norm",
     "dense_gate_up",
     "geglu",

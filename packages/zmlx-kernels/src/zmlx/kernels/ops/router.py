@@ -123,8 +123,16 @@ def quantized_router(x: mx.array, router: Quant, *, group_size: int, bits: int, 
     return _launch(variant, x, router, router_bias, k, group_size, bits, stream, **gating)
 
 
-def _launch(variant, x, router, router_bias, k, group_size, bits, stream, *, renormalize=True, neg_select=False,
-            fp32=False, bias=None, eps=1e-6, scale=1.0, out_dtype=None):
+def _launch(variant, x, router, router_bias, k, group_size, bits, stream, **gating):
+    inds, weights = launch(SPECS[variant], "cuda", **launch_args(variant, x, router, router_bias, k, group_size, bits,
+                                                                 **gating), stream=stream)
+    return inds, weights
+
+
+def launch_args(variant, x, router, router_bias, k, group_size, bits, *, renormalize=True, neg_select=False,
+                fp32=False, bias=None, eps=1e-6, scale=1.0, out_dtype=None) -> dict:
+    """The router kernel's launch for these arguments (inputs, output shapes and dtypes, geometry, template):
+    norm_router.py launches the same kernel with its add + norm in front."""
     # the same template arguments the routing op derives for logits of x's dtype (routing.py, _run's callers)
     dt = x.dtype
     if variant == "softmax_topk":
@@ -143,16 +151,13 @@ def _launch(variant, x, router, router_bias, k, group_size, bits, stream, *, ren
     rows = x.size // x.shape[-1]
     out_shape = (*x.shape[:-1], k)
     has_rbias = router_bias is not None
-    inds, weights = launch(
-        SPECS[variant], "cuda",
+    return dict(
         inputs=(x, *router, router_bias if has_rbias else router[1], bias_in, params),
         output_shapes=[out_shape, out_shape], output_dtypes=[mx.uint32, args["wdtype"]],
         threads=rows * tb, threadgroup=tb,
         template=[*tmpl, ("A", mx.float32 if bits == 8 else dt), ("BITS", bits), ("QGS", group_size),
                   ("HAS_RBIAS", has_rbias), ("R", rpw)],
-        stream=stream,
     )
-    return inds, weights
 
 
 def kernel_specs():

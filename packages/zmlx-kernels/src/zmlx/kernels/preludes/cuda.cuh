@@ -8,6 +8,7 @@
 #define ZM_DEVICE  // address space of a pointer into a kernel argument (Metal: device)
 #define ZM_TG  // address space of a pointer into ZM_SHARED memory (Metal: threadgroup)
 #define ZM_BARRIER() __syncthreads()
+#define ZM_DEVICE_BARRIER() __syncthreads()  // also orders the block's writes to device memory
 #define ZM_WARP_SYNC() __syncwarp()
 #define ZM_SIMD_WIDTH 32
 

@@ -5,6 +5,8 @@
 #define ZM_TG threadgroup
 #define ZM_DEVICE device  // address space of a pointer into a kernel argument (CUDA: global, no qualifier)
 #define ZM_BARRIER() threadgroup_barrier(mem_flags::mem_threadgroup)
+// a barrier that also orders the threadgroup's writes to device memory (a row written, then read by other threads)
+#define ZM_DEVICE_BARRIER() threadgroup_barrier(mem_flags::mem_device | mem_flags::mem_threadgroup)
 #define ZM_WARP_SYNC() simdgroup_barrier(mem_flags::mem_threadgroup)
 #define ZM_SIMD_WIDTH 32
 
