@@ -95,3 +95,31 @@ def test_mixed_width_qkv_keeps_the_blocks_projections(monkeypatch):
     nn.quantize(model, group_size=64, bits=8, class_predicate=lambda p, m: p.endswith("v_proj"))
     n, exact = _calls(model, tiny.tokens(10), monkeypatch, "qkv_norm_rope", fuse_qkv=True)
     assert n == 0 and exact
+
+
+NORM_ROUTER_CASES = [("qwen3_moe", "traced"), ("qwen3_moe", "eager"), ("mixtral", "traced"), ("mixtral", "eager"),
+                     ("gpt_oss", "traced"), ("lfm2_moe", "traced"), ("lfm2_moe", "eager")]
+
+
+@pytest.mark.parametrize("family,layer", NORM_ROUTER_CASES, ids=[f"{f}-{m}" for f, m in NORM_ROUTER_CASES])
+def test_fuse_router_with_residual_norm_is_one_launch_for_add_norm_and_routing(family, layer, monkeypatch):
+    """Both opt-ins asked: at decode a MoE layer's ``h = x + r``, its norm and its routing go through one
+    zk.add_norm_router (traced: attention_layer / LFM2's conv_layer; eager: residual_norm's own path, or
+    conv_layer's untraced step). gpt-oss has no eager residual_norm (its layers are not the ResidualSite shape)."""
+    from zmlx.patch.registry import FAMILIES
+
+    model = tiny.build(family, quantized=True, seed=4)
+    patterns = [*FAMILIES[family].default_patterns(), "residual_norm"]
+    if layer == "traced" and family != "lfm2_moe":  # LFM2: conv_layer traces the layers and takes the flag
+        patterns.insert(0, "attention_layer")  # before residual_norm: the order of `patterns` must not matter
+    seq = tiny.tokens(12, seed=6)
+    want = _decode(model, seq)
+    patch(model, verbose=False, patterns=patterns, fuse_router=True, compile_blocks=layer == "traced")
+    cache = make_prompt_cache(model)
+    got = [model(seq[:, :7], cache=cache)]  # prefill: the layers' own code
+    calls = tiny.count_kernel_calls(monkeypatch, ("add_norm_router", "add_rms_norm", "quantized_router"))
+    got += [model(seq[:, i : i + 1], cache=cache) for i in range(7, seq.shape[1])]
+    mx.eval(got)
+    unpatch(model)
+    assert calls["add_norm_router"] > 0 and calls["quantized_router"] == 0, calls
+    assert _same(want[0], got)

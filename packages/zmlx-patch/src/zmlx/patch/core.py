@@ -158,7 +158,9 @@ def patch(
     # (e.g. MXFP4 experts) would run the slower unfused path, so it keeps its own code
     needs_fusing = set(family.slow_on_cuda) if wanted is None and fuse_projections and on_cuda else set()
     by_class: dict[type, tuple[str, Site]] = {}
-    for name in result.patterns:
+    # first pattern per class wins; residual_norm last, so a whole-layer pattern asked for too takes it as a flag
+    # whatever the order of `patterns`
+    for name in sorted(result.patterns, key=lambda n: n == "residual_norm"):
         for site in family.sites.get(name, ()):
             cls = resolve_class(site.block)
             if cls is not None:

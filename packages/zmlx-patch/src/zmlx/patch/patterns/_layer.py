@@ -18,15 +18,23 @@ FOLD_RESIDUAL = True
 def residual_ffn(layer: nn.Module, x: mx.array, r: mx.array, norm: str, ffn: str, *, residual_norm: bool,
                  fold: bool = False) -> mx.array:
     """``h = x + r; out = h + layer.<ffn>(layer.<norm>(h))``; with ``residual_norm`` the add and the (RMS) norm are
-    one ``zk.add_rms_norm``; with ``fold`` (inside a traced step) a patched MoE feed-forward adds ``h`` in its own
+    one ``zk.add_rms_norm`` (and with a fused router the routing too: ``zk.add_norm_router``); with ``fold`` (inside a traced step) a patched MoE feed-forward adds ``h`` in its own
     last launch (the fused down+combine's epilogue, the same rounding as the add)."""
+    ff = getattr(layer, ffn)
+    moe = _swap.pattern_of(ff) == "moe_mlp"
+    if residual_norm and moe:
+        # with patch(fuse_router=True) too: the add, the norm, the router and the routing in one launch
+        got = moe_mlp.norm_route(ff, _swap.site_of(ff), x, r, getattr(layer, norm))
+        if got is not None:
+            h, normed, routed = got
+            y = moe_mlp.fused(ff, _swap.site_of(ff), normed, residual=h if fold else None, routed=routed)
+            return y if fold else h + y
     if residual_norm:
         n = getattr(layer, norm)
         h, normed = zk.add_rms_norm(x, r, n["weight"], n.eps)
     else:
         h = x + r
         normed = getattr(layer, norm)(h)
-    ff = getattr(layer, ffn)
-    if fold and _swap.pattern_of(ff) == "moe_mlp":
+    if fold and moe:
         return moe_mlp.fused(ff, _swap.site_of(ff), normed, residual=h)
     return h + ff(normed)

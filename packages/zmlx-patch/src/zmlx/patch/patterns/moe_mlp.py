@@ -78,7 +78,7 @@ def _recipe(site: MoeSite) -> tuple[tuple[str, int, object], ...]:
                  for name, v in site.gating.args)
 
 
-def _route(self: nn.Module, site: MoeSite, x: mx.array) -> tuple[mx.array, mx.array]:
+def _gating_kwargs(self: nn.Module, site: MoeSite, dtype: mx.Dtype) -> dict:
     kwargs = {}
     for name, kind, value in _recipe(site):
         if kind == _ATTR:
@@ -89,18 +89,48 @@ def _route(self: nn.Module, site: MoeSite, x: mx.array) -> tuple[mx.array, mx.ar
                     break
             kwargs[name] = obj
         else:
-            kwargs[name] = x.dtype if kind == _XDTYPE else value
+            kwargs[name] = dtype if kind == _XDTYPE else value
+    return kwargs
+
+
+def _fused_router(self: nn.Module, site: MoeSite):
+    """``(router, (w, scales, biases))`` where patch(fuse_router=True) computes the logits inside the routing
+    launch (an affine-quantized ``QuantizedLinear`` router whose gating the kernel has), else None."""
+    if not (site.fuse_router and site.logits == "linear" and site.gating.op in QUANTIZED_ROUTER_VARIANTS):
+        return None
+    router = lookup(self, site.router)
+    quant = affine_quantized(router, bias=True)
+    return None if quant is None else (router, quant)
+
+
+def _route(self: nn.Module, site: MoeSite, x: mx.array) -> tuple[mx.array, mx.array]:
+    kwargs = _gating_kwargs(self, site, x.dtype)
     # patch(fuse_router=True): off by default, one block reading the whole router is slower on the H100's device
     # than MLX's qmv + the routing kernel (17.8-49 us against 15.5-19.4, docs/perf-notes.md v7)
-    if site.fuse_router and site.logits == "linear" and site.gating.op in QUANTIZED_ROUTER_VARIANTS:
-        router = lookup(self, site.router)
-        quant = affine_quantized(router, bias=True)
-        if quant is not None:
-            # routing(router(x)) as QuantizedLinear computes the logits; the op falls back to exactly that elsewhere
-            return zk.quantized_router(x, quant, group_size=router.group_size, bits=router.bits,
-                                       variant=site.gating.op,
-                                       router_bias=router["bias"] if "bias" in router else None, **kwargs)
+    fused_router = _fused_router(self, site)
+    if fused_router is not None:
+        router, quant = fused_router
+        # routing(router(x)) as QuantizedLinear computes the logits; the op falls back to exactly that elsewhere
+        return zk.quantized_router(x, quant, group_size=router.group_size, bits=router.bits, variant=site.gating.op,
+                                   router_bias=router["bias"] if "bias" in router else None, **kwargs)
     return getattr(zk, site.gating.op)(_logits(self, site, x), **kwargs)
+
+
+def norm_route(self: nn.Module, site: MoeSite, x: mx.array, r: mx.array, norm: nn.Module):
+    """A decoder layer's ``h = x + r``, ``normed = norm(h)`` and this block's routing of ``normed`` as one
+    ``zk.add_norm_router`` launch: ``(h, normed, (inds, scores))``, or None where the router is not fused
+    (patch(fuse_router=True)) or the block reshapes, shards or the norm is not an ``nn.RMSNorm``."""
+    if type(norm) is not nn.RMSNorm or site.flatten_tokens or getattr(self, "sharding_group", None) is not None:
+        return None
+    fused_router = _fused_router(self, site)
+    if fused_router is None:
+        return None
+    router, quant = fused_router
+    h, normed, inds, scores = zk.add_norm_router(
+        x, r, norm["weight"], norm.eps, quant, group_size=router.group_size, bits=router.bits,
+        variant=site.gating.op, router_bias=router["bias"] if "bias" in router else None,
+        **_gating_kwargs(self, site, x.dtype))
+    return h, normed, (inds, scores)
 
 
 def fusable(module: nn.Module, site: MoeSite) -> bool:
@@ -108,9 +138,11 @@ def fusable(module: nn.Module, site: MoeSite) -> bool:
     return plan_for(getattr(module, site.experts)) is not None
 
 
-def fused(self: nn.Module, site: MoeSite, x: mx.array, residual: mx.array | None = None) -> mx.array:
+def fused(self: nn.Module, site: MoeSite, x: mx.array, residual: mx.array | None = None,
+          routed: tuple[mx.array, mx.array] | None = None) -> mx.array:
     """The block's output, or ``residual + output`` (a decoder layer's ``h + moe(x)``) when ``residual`` is given:
-    with fused projections the add is the down+combine launch's last rounding."""
+    with fused projections the add is the down+combine launch's last rounding. ``routed``: ``(inds, scores)``
+    already computed for ``x`` (norm_route's launch)."""
     group = getattr(self, "sharding_group", None)
     if group is not None:
         x = sum_gradients(group)(x)
@@ -118,7 +150,7 @@ def fused(self: nn.Module, site: MoeSite, x: mx.array, residual: mx.array | None
     if site.flatten_tokens:  # olmoe routes the flattened tokens and reshapes back
         x = x.reshape(-1, shape[-1])
 
-    inds, scores = _route(self, site, x)
+    inds, scores = routed if routed is not None else _route(self, site, x)
     experts = getattr(self, site.experts)
     plan = plan_for(experts) if site.fuse_projections and x.size == x.shape[-1] else None  # one token
     if plan is not None:
