@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The opt-in fusions (patch(fuse_router=, fuse_qkv=, fuse_conv_proj=True)) on the lent GPU, in three host calls of < 10 min
 # (after the two-step install; later calls on the warm host need only the `source`):
-#   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh tests   # GPU tests of both, parallel (~5 min)
+#   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh tests   # GPU tests of what never ran on one (~5 min)
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh lfm2    # device cost (ncu), lfm2 decode A/B
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh qwen3   # qwen3 A/B and host/device split (build 3+ min)
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh layer [llama-3-8b]  # attention_layer: tests, split, A/B
@@ -18,12 +18,12 @@ export PYTHONUNBUFFERED=1 MLX_CUDA_USE_CUDNN_SDPA=0
 PT=(python3 -m pytest -m gpu -q -p no:cacheprovider -rfE)
 G=tools/gpu
 case "${1:-}" in
-  tests)
-    ( timeout 300 "${PT[@]}" packages/zmlx-kernels/tests/test_kernels_gpu.py -k "router or qkv or short_conv_proj" > "$OUT/k.log" 2>&1 ) &
-    ( timeout 420 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k quantized_router > "$OUT/pr.log" 2>&1 ) &
-    ( timeout 420 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "qkv or conv_proj" > "$OUT/pq.log" 2>&1 ) &
+  tests)  # what has not yet run on a GPU: zk.add_norm_router (kernel checks, patch mode norm_router), rope offsets
+    ( timeout 300 "${PT[@]}" packages/zmlx-kernels/tests/test_kernels_gpu.py -k "router" > "$OUT/k.log" 2>&1 ) &
+    ( timeout 420 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k norm_router > "$OUT/pn.log" 2>&1 ) &
+    ( timeout 300 "${PT[@]}" packages/zmlx-patch/tests/test_rope_offset_gpu.py > "$OUT/ro.log" 2>&1 ) &
     wait
-    for f in k pr pq; do echo "== $f: $(tail -1 "$OUT/$f.log")"; grep -E "^FAILED|^ERROR" "$OUT/$f.log" | head -8; done
+    for f in k pn ro; do echo "== $f: $(tail -1 "$OUT/$f.log")"; grep -E "^FAILED|^ERROR" "$OUT/$f.log" | head -8; done
     ;;
   lfm2)
     timeout 60 python3 $G/fusion_cost.py 2>&1 | tail -6
