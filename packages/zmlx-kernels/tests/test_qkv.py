@@ -105,10 +105,35 @@ def test_qk_norm_rope_source_unchanged_by_the_shared_snippet():
 
 def test_catalogue_entry_and_checks():
     op = catalogue.find("qkv")
-    assert set(op.kernel_specs()) == set(op.variants) == {"qkv_norm_rope"}
+    assert set(op.kernel_specs()) == set(op.variants) == {"qkv_norm_rope", "qkv_norm_rope_in"}
     cases = op.check_cases(0)
-    assert len(cases) == len(QKV.CASES) and all(c.exact for c in cases)
-    for c in cases[2:]:  # the small ones: on the CPU the op is its reference
+    assert len(cases) == 2 * len(QKV.CASES) and all(c.exact for c in cases)
+    assert sum("input norm" in c.variant for c in cases) == len(QKV.CASES)
+    for c in cases[4:]:  # the small ones: on the CPU the op is its reference
         for a, b in zip(c.kernel(), c.reference(), strict=True):
             assert np.array_equal(np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32)))
     assert all(r.passed for r in op.reference_checks(0))
+
+
+@pytest.mark.parametrize("d", [2048, 320, 12288])
+def test_input_norm_is_the_layers_rms_norm_first(d):
+    """input_norm=(w, eps): on the CPU exactly mx.fast.rms_norm then the op; the one-launch form only where the
+    block holds MLX's rms_norm threads for the row (not its 1024-thread kernel past 8192 bf16)."""
+    key = mx.random.key(d)
+    x, (q, k, v), qw, kw = QKV.make_case(4, 2, 64, d, 64, 4, key)
+    x = 5 * x
+    w = (1 + 0.1 * mx.random.normal((d,), key=mx.random.split(key)[1])).astype(x.dtype)
+    args = dict(n_heads=4, n_kv_heads=2, group_size=64, bits=4, offset=33, base=10000.0)
+    got = QKV.qkv_norm_rope(x, q, k, v, qw, kw, 1e-6, 1e-6, input_norm=(w, 1e-5), **args)
+    want = QKV.qkv_norm_rope(mx.fast.rms_norm(x, w, 1e-5), q, k, v, qw, kw, 1e-6, 1e-6, **args)
+    assert all(mx.array_equal(a, b).item() for a, b in zip(got, want, strict=True))
+    assert QKV._input_norm_fits(x, w, 256) == (d <= 8192)
+    assert not QKV._input_norm_fits(x, w.astype(mx.float32), 256)
+
+
+def test_input_norm_splice_normalises_into_the_blocks_own_row_then_projects_it():
+    body = QKV.SPEC_IN.body
+    assert "qmv_x = x;" not in body and body.count("ZM_DEVICE const T* qmv_x = xrow;") == 1
+    assert body.index("xrow[e] = zm_mul(in_w[e]") < body.index("ZM_DEVICE_BARRIER();") < body.index("qmv_x = xrow")
+    assert "xn + size_t(hb)" in body, "one scratch row per block: no block reads another's"
+    assert [p.name for p in QKV.SPEC_IN.outputs] == ["q_out", "k_out", "v_out", "xn"]

@@ -15,6 +15,8 @@ GPU (written 2026-11-27 with the device budget spent): zmlx-patch uses it only u
 
 from __future__ import annotations
 
+import re
+
 import mlx.core as mx
 import numpy as np
 
@@ -66,6 +68,40 @@ SPEC = KernelSpec(
     templates=(("T", "float"), ("A", "float"), ("BITS", 4), ("QGS", 64), ("R", 4), ("HD", 128), ("HQ", 4),
                ("HK", 2), ("BS", 64), ("NCH", 1), ("NR", 4), ("TRADITIONAL", False)),
 )
+# The same launch from the layer's un-normalised row: each block first runs input_layernorm (MLX's rms_norm order,
+# norms.py's sum under the names IBS/ICH/IRD, as BS/NCH/NR are the head norm's) into its own row of `xn`, then
+# projects that row, re-read after a device-memory barrier (no block reads another's row)
+_QMV_X = "  ZM_DEVICE const T* qmv_x = x;\n"
+_INPUT_NORM = """\
+  ZM_DEVICE T* xrow = xn + size_t(hb) * size_t(qmv_kw * (32 / BITS));
+  {
+    const int D = qmv_kw * (32 / BITS);
+    ZM_DEVICE const T* src = x;
+""" + re.sub(r"\bBS\b", "IBS", re.sub(r"\bNCH\b", "ICH", re.sub(r"\bNR\b", "IRD", RMS_SUM_OF_SQUARES))) + """\
+    const float inv = zm_rsqrt(ss / float(D) + params[4]);
+    if (int(zm_tid) < IBS) {
+      for (int i = 0; i < ICH; ++i) {
+        for (int j = 0; j < IRD; ++j) {
+          const int e = (IBS * i + int(zm_tid)) * IRD + j;
+          if (e < D) xrow[e] = zm_mul(in_w[e], static_cast<T>(static_cast<float>(src[e]) * inv));
+        }
+      }
+    }
+  }
+  ZM_DEVICE_BARRIER();
+  ZM_DEVICE const T* qmv_x = xrow;
+"""
+if _BODY.count(_QMV_X) != 1:  # the body changed shape: fail at import, not with wrong results
+    raise RuntimeError("qkv_norm_rope's body no longer reads x through one qmv_x line")
+
+SPEC_IN = KernelSpec(
+    name="qkv_norm_rope_in",
+    inputs=(SPEC.inputs[0], Param("in_w"), *SPEC.inputs[1:]),
+    outputs=(*SPEC.outputs, Param("xn")),
+    body=_BODY.replace(_QMV_X, _INPUT_NORM),
+    templates=(*SPEC.templates, ("IBS", 128), ("ICH", 2), ("IRD", 8)),
+)
+
 _THREADS = 256  # 8 warps a head; the router kernel failed to launch at 1024 (registers)
 
 
@@ -77,9 +113,12 @@ def qkv_norm_rope_reference(
     x: mx.array, q: Quant, k: Quant, v: Quant, q_weight: mx.array, k_weight: mx.array, q_eps: float, k_eps: float,
     *, n_heads: int, n_kv_heads: int, group_size: int, bits: int, offset: int | mx.array, base: float,
     scale: float = 1.0,
-    traditional: bool = False,
+    traditional: bool = False, input_norm: tuple[mx.array, float] | None = None,
 ) -> tuple[mx.array, mx.array, mx.array]:
-    """The projections as ``QuantizedLinear``, then ``qk_norm_rope_reference`` and the value transpose."""
+    """The projections as ``QuantizedLinear``, then ``qk_norm_rope_reference`` and the value transpose;
+    ``input_norm = (weight, eps)``: ``x`` is first ``mx.fast.rms_norm``-ed, as the layer's input norm does."""
+    if input_norm is not None:
+        x = mx.fast.rms_norm(x, *input_norm)
     b, seq, _ = x.shape
     qs, ks, vs = (_project(x, p, group_size, bits) for p in (q, k, v))
     qo, ko = qk_norm_rope_reference(qs.reshape(b, seq, n_heads, -1), ks.reshape(b, seq, n_kv_heads, -1), q_weight,
@@ -103,11 +142,13 @@ def qkv_norm_rope(
     x: mx.array, q: Quant, k: Quant, v: Quant, q_weight: mx.array, k_weight: mx.array, q_eps: float, k_eps: float,
     *, n_heads: int, n_kv_heads: int, group_size: int, bits: int, offset: int | mx.array, base: float,
     scale: float = 1.0,
-    traditional: bool = False, stream: mx.Stream | None = None,
+    traditional: bool = False, input_norm: tuple[mx.array, float] | None = None, stream: mx.Stream | None = None,
 ) -> tuple[mx.array, mx.array, mx.array]:
     """``x``: (B, L, D) -> q (B, HQ, L, HD), k and v (B, HK, L, HD): projected, q/k normalised and rotated.
 
     ``q``/``k``/``v`` are the projections' ``(weight, scales, biases)``; the rest as ``zk.qk_norm_rope``.
+    ``input_norm = (weight, eps)``: ``x`` is the layer's un-normalised row and its RMSNorm (the decoder layer's
+    input norm) is computed in the same launch.
     """
     head_dim = q_weight.shape[-1]
     if x.ndim != 3 or k_weight.shape != q_weight.shape:
@@ -117,8 +158,13 @@ def qkv_norm_rope(
     target = target_for(stream)
     if target == "cpu":
         return qkv_norm_rope_reference(x, q, k, v, q_weight, k_weight, q_eps, k_eps, n_heads=n_heads,
-                                       n_kv_heads=n_kv_heads, group_size=group_size, bits=bits, **kw)
-    if target != "cuda" or not _fits(x, (q, k, v), q_weight, k_weight, head_dim, n_heads, n_kv_heads, group_size, bits):
+                                       n_kv_heads=n_kv_heads, group_size=group_size, bits=bits,
+                                       input_norm=input_norm, **kw)
+    fits = target == "cuda" and _fits(x, (q, k, v), q_weight, k_weight, head_dim, n_heads, n_kv_heads, group_size, bits)
+    tb = max(mlx_rms_layout(head_dim, x.dtype)[0], _THREADS)
+    if input_norm is not None and not (fits and _input_norm_fits(x, input_norm[0], tb)):
+        x, input_norm = mx.fast.rms_norm(x, *input_norm, stream=stream), None  # the layer's norm, as it runs it
+    if not fits:
         # Metal's qmv sums in another order: the projections stay MLX's, the norm + RoPE is one launch anyway
         b, seq, _ = x.shape
         qs, ks, vs = (_project(x, p, group_size, bits) for p in (q, k, v))
@@ -126,20 +172,29 @@ def qkv_norm_rope(
                               k_weight, q_eps, k_eps, stream=stream, **kw)
         return qo, ko, vs.reshape(b, seq, n_kv_heads, -1).transpose(0, 2, 1, 3)
     threads, chunks, reads = mlx_rms_layout(head_dim, x.dtype)
-    tb = max(threads, _THREADS)
-    b = x.shape[0]
+    b, blocks = x.shape[0], n_heads + 2 * n_kv_heads
     shapes = [(b, n_heads, 1, head_dim), (b, n_kv_heads, 1, head_dim), (b, n_kv_heads, 1, head_dim)]
-    return tuple(launch(
-        SPEC, "cuda",
-        inputs=(x, *q, *k, *v, q_weight, k_weight, constant((q_eps, k_eps, _log2f(base), scale)),
-                position_input(offset)),
-        output_shapes=shapes, output_dtypes=[x.dtype] * 3,
-        threads=(n_heads + 2 * n_kv_heads) * tb, threadgroup=tb,
-        template=[("T", x.dtype), ("A", mx.float32 if bits == 8 else x.dtype), ("BITS", bits), ("QGS", group_size),
-                  ("R", rows_per_warp(bits, head_dim, tb // 32)), ("HD", head_dim), ("HQ", n_heads),
-                  ("HK", n_kv_heads), ("BS", threads), ("NCH", chunks), ("NR", reads), ("TRADITIONAL", traditional)],
-        stream=stream,
-    ))
+    template = [("T", x.dtype), ("A", mx.float32 if bits == 8 else x.dtype), ("BITS", bits), ("QGS", group_size),
+                ("R", rows_per_warp(bits, head_dim, tb // 32)), ("HD", head_dim), ("HQ", n_heads),
+                ("HK", n_kv_heads), ("BS", threads), ("NCH", chunks), ("NR", reads), ("TRADITIONAL", traditional)]
+    params = (q_eps, k_eps, _log2f(base), scale)
+    if input_norm is None:
+        spec, inputs, extra = SPEC, (x, *q, *k, *v), []
+    else:  # one scratch row per block for its normalised x
+        spec, inputs, extra = SPEC_IN, (x, input_norm[0], *q, *k, *v), [(blocks, x.shape[-1])]
+        params += (input_norm[1],)
+        template += list(zip(("IBS", "ICH", "IRD"), mlx_rms_layout(x.shape[-1], x.dtype), strict=True))
+    out = launch(
+        spec, "cuda", inputs=(*inputs, q_weight, k_weight, constant(params), position_input(offset)),
+        output_shapes=shapes + extra, output_dtypes=[x.dtype] * (3 + len(extra)),
+        threads=blocks * tb, threadgroup=tb, template=template, stream=stream,
+    )
+    return tuple(out[:3])
+
+
+def _input_norm_fits(x: mx.array, weight: mx.array, threads: int) -> bool:
+    # MLX's rms_norm for the row must run on threads the block has (its 1024-thread kernel past 8192 bf16 does not)
+    return weight.dtype == x.dtype and weight.shape == x.shape[-1:] and mlx_rms_layout(x.shape[-1], x.dtype)[0] <= threads
 
 
 # --- checks: decode shapes of qwen3-30b-a3b (32/4 heads x 128, D 2048, 4-bit) and lfm2 (32/8 x 64), and odd ones --
@@ -178,6 +233,18 @@ def check_cases(seed: int) -> list[CheckCase]:
             reference=lambda a=(x, q, k, v, qw, kw), kw_=args: list(qkv_norm_rope_reference(*a, 1e-6, 1e-5, **kw_)),
             exact=True,
         ))
+        # the decoder layer's input RMSNorm in the same launch: x un-normalised (scaled, so the norm matters)
+        xr = 3 * x
+        iw = (1 + 0.1 * mx.random.normal((d,), key=mx.random.split(sub)[1])).astype(x.dtype)
+        cases.append(CheckCase(
+            op="qkv", variant=f"qkv_norm_rope + input norm HQ{hq} HK{hk} HD{hd} D{d} g{gs} {bits}-bit",
+            dtype="bfloat16",
+            kernel=lambda a=(xr, q, k, v, qw, kw), kw_=dict(pos, input_norm=(iw, 1e-6)): list(
+                qkv_norm_rope(*a, 1e-6, 1e-5, **kw_)),
+            reference=lambda a=(xr, q, k, v, qw, kw), kw_=dict(args, input_norm=(iw, 1e-6)): list(
+                qkv_norm_rope_reference(*a, 1e-6, 1e-5, **kw_)),
+            exact=True,
+        ))
     return cases
 
 
@@ -203,9 +270,9 @@ def reference_checks(seed: int) -> list[RefCheck]:
 OP = OpInfo(
     name="qkv",
     summary="attention prologue at one token: q/k/v projections (MLX's CUDA qmv numerics) + q/k RMSNorm + RoPE",
-    variants=("qkv_norm_rope",),
+    variants=("qkv_norm_rope", "qkv_norm_rope_in"),
     reference="zmlx.kernels.ops.qkv.qkv_norm_rope_reference",
-    kernel_specs=lambda: {"qkv_norm_rope": SPEC},
+    kernel_specs=lambda: {"qkv_norm_rope": SPEC, "qkv_norm_rope_in": SPEC_IN},
     check_cases=check_cases,
     reference_checks=reference_checks,
 )
