@@ -20,7 +20,7 @@ job patch-fuse "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "fuse_p
 job patch-unfused "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k unfused
 job patch-eager "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k eager
 job patch-residual "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k residual_norm
-job patch-switches "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "quantized_router or qkv or conv_proj or attention_layer or norm_router"
+job patch-switches "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "quantized_router or qkv or conv_proj or attention_layer or stacked"
 job validate "${PT[@]}" packages/zmlx-validate/tests/test_validate_gpu.py
 job rope-offsets "${PT[@]}" packages/zmlx-patch/tests/test_rope_offset_gpu.py
 job kernels-moe "${PT[@]}" $K/test_kernels_gpu.py -k moe

@@ -20,7 +20,7 @@ G=tools/gpu
 case "${1:-}" in
   tests)  # what has not yet run on a GPU: zk.add_norm_router (kernel checks, patch mode norm_router), rope offsets
     ( timeout 300 "${PT[@]}" packages/zmlx-kernels/tests/test_kernels_gpu.py -k "router" > "$OUT/k.log" 2>&1 ) &
-    ( timeout 420 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k norm_router > "$OUT/pn.log" 2>&1 ) &
+    ( timeout 420 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k stacked > "$OUT/pn.log" 2>&1 ) &
     ( timeout 300 "${PT[@]}" packages/zmlx-patch/tests/test_rope_offset_gpu.py > "$OUT/ro.log" 2>&1 ) &
     wait
     for f in k pn ro; do echo "== $f: $(tail -1 "$OUT/$f.log")"; grep -E "^FAILED|^ERROR" "$OUT/$f.log" | head -8; done

@@ -133,3 +133,28 @@ def test_gpt_oss_past_its_sliding_window():
     got = _decode(model, seq)
     unpatch(model)
     assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe", "lfm2_moe"])
+def test_with_fuse_qkv_the_input_norm_joins_the_prologue_launch(family, monkeypatch):
+    """A traced layer hands its un-normalised row and its input RMSNorm to zk.qkv_norm_rope (one launch for the
+    norm, the projections, q/k norm and RoPE); decoding stays stock bit for bit."""
+    import zmlx.kernels as zk
+
+    model = tiny.build(family, quantized=True, seed=2)
+    seq = tiny.tokens(9, seed=4)
+    want = _decode(model, seq)
+    seen = []
+    real = zk.qkv_norm_rope
+
+    def spy(*a, **kw):
+        seen.append(kw.get("input_norm"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(zk, "qkv_norm_rope", spy)
+    patch(model, verbose=False, patterns=_with_layer(family), fuse_qkv=True)
+    got = _decode(model, seq)
+    unpatch(model)
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    traced = [n for n in seen if n is not None]
+    assert traced and all(isinstance(w, mx.array) and isinstance(eps, float) for w, eps in traced)

@@ -70,6 +70,10 @@ def _count_kernel_calls(monkeypatch) -> dict[str, int]:
     return tiny.count_kernel_calls(monkeypatch, OPS)
 
 
+def _router_fusable(spec) -> bool:
+    return any(site.logits == "linear" and site.gating.op in ROUTER_VARIANTS for site in spec.sites.get("moe_mlp", ()))
+
+
 def _first_diff(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
 
@@ -81,12 +85,13 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 # defaults + fuse_qkv (the q/k/v projections inside the qk_norm_rope launch; off by default: slower on the device);
 # conv_proj: the defaults + fuse_conv_proj (LFM2's in_proj inside the short-conv launch; likewise); attention_layer:
 # the defaults + the opt-in attention_layer pattern (qwen3, qwen3_moe decoder layers traced around the cache update);
-# norm_router: the defaults + attention_layer (where a family has it) + residual_norm + fuse_router, so a MoE layer's
-# add, post-attention norm, router and routing run as one zk.add_norm_router launch
+# stacked: the defaults + attention_layer (where a family has it) + residual_norm + fuse_router + fuse_qkv, the
+# fewest launches: a MoE layer's add, norm, router and routing as one zk.add_norm_router, a traced qk-norm layer's
+# input norm inside zk.qkv_norm_rope
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
          "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {"fuse_router": True},
          "qkv": {"fuse_qkv": True}, "conv_proj": {"fuse_conv_proj": True}, "attention_layer": {},
-         "norm_router": {"fuse_router": True}}
+         "stacked": {"fuse_router": True, "fuse_qkv": True}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -96,7 +101,7 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
     spec = spec or FAMILIES["llama"]
     if mode == "residual_norm" and "residual_norm" not in spec.sites:
         pytest.skip(f"{family} has no residual_norm site")
-    if mode in ("quantized_router", "norm_router"):
+    if mode == "quantized_router":
         moe = spec.sites.get("moe_mlp", ())
         if not any(site.logits == "linear" and site.gating.op in ROUTER_VARIANTS for site in moe):
             # deepseek_v3 / glm4_moe (x @ weight.T, grouped routing), minimax (float32 router input): nothing to fuse
@@ -107,7 +112,7 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         pytest.skip(f"{family} has no short-conv layers")
     if mode == "attention_layer" and "attention_layer" not in spec.sites:
         pytest.skip(f"{family} has no decoder layer the attention_layer pattern traces")
-    if mode == "norm_router" and not ({"attention_layer", "residual_norm"} & set(spec.sites)):
+    if mode == "stacked" and not ({"attention_layer", "residual_norm"} & set(spec.sites)):
         pytest.skip(f"{family} has no decoder layer that fuses its residual add and norm")
     model = models(family)
     prompt = tiny.tokens(6)[0]
@@ -116,7 +121,7 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
     base_logits = _decode_logits(model, seq)
 
     # patterns off by default on CUDA for speed (registry.SLOW_ON_CUDA) are still tested for fidelity here
-    patterns = spec.default_patterns() if spec.slow_on_cuda or mode in ("residual_norm", "attention_layer", "norm_router") else None
+    patterns = spec.default_patterns() if spec.slow_on_cuda or mode in ("residual_norm", "attention_layer", "stacked") else None
     expected = dict(tiny.CONFIGS[family][1])
     if mode == "attention_layer":
         patterns = patterns + ["attention_layer"]
@@ -128,7 +133,7 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         # LFM2: conv_layer carries it and then takes the attention layers too
         fused_by = "conv_layer" if "conv_layer" in spec.sites else "residual_norm"
         expected[fused_by] = tiny.config(family)["num_hidden_layers"]
-    if mode == "norm_router":
+    if mode == "stacked":
         layer = "attention_layer" in spec.sites
         patterns = patterns + (["attention_layer"] if layer else []) + ["residual_norm"]
         fused_by = "conv_layer" if "conv_layer" in spec.sites else ("attention_layer" if layer else "residual_norm")
@@ -142,8 +147,10 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         monkeypatch.undo()
         if mode == "quantized_router":
             assert calls["quantized_router"] > 0, f"{family}: the router projection was not fused"
-        if mode == "norm_router":
+        if mode == "stacked" and _router_fusable(spec):
             assert calls["add_norm_router"] > 0, f"{family}: the add + norm + routing were not one launch"
+        if mode == "stacked" and "qk_norm_rope" in spec.sites:
+            assert calls["qkv_norm_rope"] > 0, f"{family}: the q/k/v projections were not fused"
         if mode == "qkv":
             assert calls["qkv_norm_rope"] > 0, f"{family}: the q/k/v projections were not fused"
         if mode == "conv_proj":

@@ -65,9 +65,10 @@ def _attention_site(site: LayerSite):
 
 
 def _before(layer: nn.Module, site: LayerSite, x: mx.array, pos: mx.array):
-    attention, normed = getattr(layer, site.attn), layer.input_layernorm(x)
-    if isinstance(site.attention, AttentionSite):
-        return qk_norm_rope._prologue(attention, _attention_site(site), normed, pos)
+    attention = getattr(layer, site.attn)
+    if isinstance(site.attention, AttentionSite):  # with fuse_qkv the input norm joins the prologue's launch
+        return qk_norm_rope._prologue(attention, _attention_site(site), x, pos, input_norm=layer.input_layernorm)
+    normed = layer.input_layernorm(x)
     # Llama's attention line for line up to the cache update, the rope's offset an array
     B, L, _ = normed.shape
     n_heads, n_kv_heads = (getattr(attention, a) for a in site.attention.heads)

@@ -106,7 +106,8 @@ def _attention_site(layer: nn.Module, site: ConvLayerSite):
 def _trace_attention(layer: nn.Module, site: ConvLayerSite):
     # an attention layer at one token, around the KV-cache update and SDPA (attention_layer.py for other families)
     def before(x, pos):
-        return qk_norm_rope._prologue(layer.self_attn, _attention_site(layer, site), layer.operator_norm(x), pos)
+        return qk_norm_rope._prologue(layer.self_attn, _attention_site(layer, site), x, pos,
+                                      input_norm=layer.operator_norm)
 
     def after(x, attended):
         B, _, L, _ = attended.shape

@@ -55,18 +55,24 @@ def check(module: nn.Module, site: AttentionSite) -> str | None:
     return None
 
 
-def _prologue(self: nn.Module, site: AttentionSite, x: mx.array, offset: int | mx.array):
-    """q, k, v in the cache's (B, H, L, D) layout; ``offset`` an int or, in the traced step, one int32 array."""
+def _prologue(self: nn.Module, site: AttentionSite, x: mx.array, offset: int | mx.array,
+              input_norm: nn.Module | None = None):
+    """q, k, v in the cache's (B, H, L, D) layout; ``offset`` an int or, in the traced step, one int32 array.
+    ``input_norm``: the decoder layer's norm still to apply to ``x`` (a whole-layer trace passes it)."""
     B, L, _ = x.shape
     q_norm, k_norm, rope = self[site.q_norm], self[site.k_norm], self.rope
     # patch(fuse_qkv=True): 3 projections, 6 reshapes/transposes and the norm + RoPE launch as one launch
     # (zk.qkv_norm_rope); opt-in: slower on the device than the three qmv launches it replaces (v8)
     quant = _quantized_qkv(self) if site.fuse_qkv else None
+    if input_norm is not None and (quant is None or type(input_norm) is not nn.RMSNorm):
+        x, input_norm = input_norm(x), None
     if quant is not None:
+        # with the layer's RMSNorm too: one launch for norm, projections, q/k norm and RoPE
         return zk.qkv_norm_rope(
             x, *quant, q_norm["weight"], k_norm["weight"], q_norm.eps, k_norm.eps, n_heads=self.n_heads,
             n_kv_heads=self.n_kv_heads, group_size=self.q_proj.group_size, bits=self.q_proj.bits,
             offset=offset, base=rope.base, scale=rope.scale, traditional=rope.traditional,
+            input_norm=None if input_norm is None else (input_norm["weight"], input_norm.eps),
         )
     queries, keys, values = self.q_proj(x), self.k_proj(x), self.v_proj(x)
     queries, keys = zk.qk_norm_rope(
