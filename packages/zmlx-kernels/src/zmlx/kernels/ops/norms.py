@@ -153,13 +153,17 @@ def reference_checks(seed: int) -> list[RefCheck]:
         key, sub = mx.random.split(key)
         x, r, w = _inputs((7, 123), dtype, sub)
         h, normed = add_rms_norm_reference(x, r, w, 1e-5)
-        f64 = as_float64
-        hh = f64(x) + f64(r)
-        want = f64(w) * hh / np.sqrt(np.mean(hh * hh, axis=-1, keepdims=True) + 1e-5)
-        err = max(float(np.max(np.abs(f64(h) - hh) / (np.abs(hh) + 1))),
-                  float(np.max(np.abs(f64(normed) - want) / (np.abs(want) + 1))))
-        out.append(RefCheck("norms", "add_rms_norm", dtype_name(dtype), err, REF_TOLERANCE[dtype]))
+        out.append(RefCheck("norms", "add_rms_norm", dtype_name(dtype), add_rms_norm_error(x, r, w, 1e-5, h, normed),
+                            REF_TOLERANCE[dtype]))
     return out
+
+
+def add_rms_norm_error(x, r, w, eps: float, h: mx.array, normed: mx.array) -> float:
+    """Largest relative error of ``(h, normed)`` against float64 math for ``x + r`` and its RMSNorm."""
+    hh = as_float64(x) + as_float64(r)
+    want = as_float64(w) * hh / np.sqrt(np.mean(hh * hh, axis=-1, keepdims=True) + eps)
+    return max(float(np.max(np.abs(as_float64(h) - hh) / (np.abs(hh) + 1))),
+               float(np.max(np.abs(as_float64(normed) - want) / (np.abs(want) + 1))))
 
 
 OP = OpInfo(
