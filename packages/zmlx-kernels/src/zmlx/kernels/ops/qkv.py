@@ -71,14 +71,15 @@ SPEC = KernelSpec(
 # The same launch from the layer's un-normalised row: each block first runs input_layernorm (MLX's rms_norm order,
 # norms.py's sum under the names IBS/ICH/IRD, as BS/NCH/NR are the head norm's) into its own row of `xn`, then
 # projects that row, re-read after a device-memory barrier (no block reads another's row)
-_QMV_X = "  ZM_DEVICE const T* qmv_x = x;\n"
-_INPUT_NORM = """\
+QMV_X = "  ZM_DEVICE const T* qmv_x = x;\n"
+# needs inputs x, in_w, in_eps, an output xn of (blocks, D), `hb` (this block) and rms_partial[32]; declares qmv_x
+INPUT_NORM = """\
   ZM_DEVICE T* xrow = xn + size_t(hb) * size_t(qmv_kw * (32 / BITS));
   {
     const int D = qmv_kw * (32 / BITS);
     ZM_DEVICE const T* src = x;
 """ + re.sub(r"\bBS\b", "IBS", re.sub(r"\bNCH\b", "ICH", re.sub(r"\bNR\b", "IRD", RMS_SUM_OF_SQUARES))) + """\
-    const float inv = zm_rsqrt(ss / float(D) + params[4]);
+    const float inv = zm_rsqrt(ss / float(D) + in_eps[0]);
     if (int(zm_tid) < IBS) {
       for (int i = 0; i < ICH; ++i) {
         for (int j = 0; j < IRD; ++j) {
@@ -91,14 +92,14 @@ _INPUT_NORM = """\
   ZM_DEVICE_BARRIER();
   ZM_DEVICE const T* qmv_x = xrow;
 """
-if _BODY.count(_QMV_X) != 1:  # the body changed shape: fail at import, not with wrong results
+if _BODY.count(QMV_X) != 1:  # the body changed shape: fail at import, not with wrong results
     raise RuntimeError("qkv_norm_rope's body no longer reads x through one qmv_x line")
 
 SPEC_IN = KernelSpec(
     name="qkv_norm_rope_in",
-    inputs=(SPEC.inputs[0], Param("in_w"), *SPEC.inputs[1:]),
+    inputs=(SPEC.inputs[0], Param("in_w"), Param("in_eps", "float"), *SPEC.inputs[1:]),
     outputs=(*SPEC.outputs, Param("xn")),
-    body=_BODY.replace(_QMV_X, _INPUT_NORM),
+    body=_BODY.replace(QMV_X, INPUT_NORM),
     templates=(*SPEC.templates, ("IBS", 128), ("ICH", 2), ("IRD", 8)),
 )
 
@@ -181,8 +182,8 @@ def qkv_norm_rope(
     if input_norm is None:
         spec, inputs, extra = SPEC, (x, *q, *k, *v), []
     else:  # one scratch row per block for its normalised x
-        spec, inputs, extra = SPEC_IN, (x, input_norm[0], *q, *k, *v), [(blocks, x.shape[-1])]
-        params += (input_norm[1],)
+        spec, extra = SPEC_IN, [(blocks, x.shape[-1])]
+        inputs = (x, input_norm[0], constant((input_norm[1],)), *q, *k, *v)
         template += list(zip(("IBS", "ICH", "IRD"), mlx_rms_layout(x.shape[-1], x.dtype), strict=True))
     out = launch(
         spec, "cuda", inputs=(*inputs, q_weight, k_weight, constant(params), position_input(offset)),
