@@ -158,3 +158,34 @@ def test_with_fuse_qkv_the_input_norm_joins_the_prologue_launch(family, monkeypa
     assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
     traced = [n for n in seen if n is not None]
     assert traced and all(isinstance(w, mx.array) and isinstance(eps, float) for w, eps in traced)
+
+
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 64}
+YARN_SCALING = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                "original_max_position_embeddings": 64, "truncate": False}
+PLAIN_CASES = [("llama", {}), ("llama", {"rope_scaling": LLAMA3_SCALING}), ("qwen2", {}), ("mixtral", {}),
+               ("gpt_oss", {}), ("gpt_oss", {"rope_scaling": YARN_SCALING})]
+
+
+@pytest.mark.parametrize("family,overrides", PLAIN_CASES,
+                         ids=["llama", "llama3-rope", "qwen2", "mixtral", "gpt_oss", "gpt_oss-yarn"])
+def test_with_fuse_qkv_a_llama_style_prologue_is_one_launch(family, overrides, monkeypatch):
+    """fuse_qkv in a traced Llama-style layer: input norm, q/k/v (+ qwen2's and gpt-oss's biases) and RoPE
+    (nn.RoPE, Llama3RoPE) through zk.qkv_rope; YarnRoPE (gpt-oss's real config) scales x itself, so those layers
+    keep their ops. Stock bit for bit."""
+    from mlx_lm.models.rope_utils import Llama3RoPE, YarnRoPE
+
+    model = tiny.build(family, quantized=True, seed=5, **overrides)
+    rope = _layers(model)[0].self_attn.rope
+    yarn = isinstance(rope, YarnRoPE)
+    if overrides:  # the scaled RoPE the real checkpoints configure
+        assert isinstance(rope, YarnRoPE if family == "gpt_oss" else Llama3RoPE)
+    seq = tiny.tokens(9, seed=7)
+    want = _decode(model, seq)
+    calls = tiny.count_kernel_calls(monkeypatch, ("qkv_rope",))
+    patch(model, verbose=False, patterns=_with_layer(family), fuse_qkv=True)
+    got = _decode(model, seq)
+    unpatch(model)
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    assert (calls["qkv_rope"] > 0) == (not yarn), calls

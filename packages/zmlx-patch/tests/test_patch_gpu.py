@@ -34,7 +34,8 @@ N_TOKENS = 100  # the issue asks for 100+ greedy tokens per MoE family
 N_LOGIT_STEPS = 24
 OPS = tuple(name for name in ("swiglu", "geglu", "moe_combine", "moe_gate_up", "moe_down_combine", "softmax_topk",
                               "topk_softmax", "sigmoid_topk", "grouped_sigmoid_topk", "qk_norm_rope", "add_rms_norm",
-                              "short_conv", "quantized_router", "qkv_norm_rope", "short_conv_proj", "add_norm_router")
+                              "short_conv", "quantized_router", "qkv_norm_rope", "short_conv_proj", "add_norm_router",
+                              "qkv_rope")
             if hasattr(zk, name))
 
 
@@ -86,8 +87,8 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 # conv_proj: the defaults + fuse_conv_proj (LFM2's in_proj inside the short-conv launch; likewise); attention_layer:
 # the defaults + the opt-in attention_layer pattern (qwen3, qwen3_moe decoder layers traced around the cache update);
 # stacked: the defaults + attention_layer (where a family has it) + residual_norm + fuse_router + fuse_qkv, the
-# fewest launches: a MoE layer's add, norm, router and routing as one zk.add_norm_router, a traced qk-norm layer's
-# input norm inside zk.qkv_norm_rope
+# fewest launches: a MoE layer's add, norm, router and routing as one zk.add_norm_router, a traced layer's input norm,
+# projections and RoPE as one zk.qkv_norm_rope (qk-norm attention) or zk.qkv_rope (Llama-style)
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
          "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {"fuse_router": True},
          "qkv": {"fuse_qkv": True}, "conv_proj": {"fuse_conv_proj": True}, "attention_layer": {},
@@ -151,6 +152,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
             assert calls["add_norm_router"] > 0, f"{family}: the add + norm + routing were not one launch"
         if mode == "stacked" and "qk_norm_rope" in spec.sites:
             assert calls["qkv_norm_rope"] > 0, f"{family}: the q/k/v projections were not fused"
+        elif mode == "stacked" and "attention_layer" in spec.sites:  # Llama-style attention (tiny: nn.RoPE)
+            assert calls["qkv_rope"] > 0, f"{family}: norm, q/k/v and RoPE were not one launch"
         if mode == "qkv":
             assert calls["qkv_norm_rope"] > 0, f"{family}: the q/k/v projections were not fused"
         if mode == "conv_proj":

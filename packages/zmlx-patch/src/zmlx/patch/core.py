@@ -123,10 +123,11 @@ def patch(
     ``compile_blocks`` (default on) runs each patched MoE block's decode path through ``mx.compile`` (one trace
     per input shape; later steps replay it without rebuilding the graph in Python); sharded blocks stay eager.
     Three opt-in fusions, bit-exact where they run (CUDA, bf16, one token) and off by default (docs/perf-notes.md):
-    ``fuse_router`` runs an affine-quantized MoE router's projection inside the routing launch (measured slower
-    on the H100's device, v7); ``fuse_qkv`` runs attention's q/k/v projections inside the q/k norm + RoPE launch
-    (qwen3 / lfm2 attention) and ``fuse_conv_proj`` LFM2's conv in_proj inside the short-conv launch (both not yet
-    measured).
+    ``fuse_router`` runs an affine-quantized MoE router's projection inside the routing launch (slower on the
+    H100's device, v7; with the ``residual_norm`` pattern the layer's add and norm join it); ``fuse_qkv`` runs
+    attention's q/k/v projections inside the q/k norm + RoPE launch (qwen3 / lfm2 attention; in a layer traced
+    by ``attention_layer`` the input norm too, and Llama-style attention's projections + RoPE as one launch);
+    ``fuse_conv_proj`` LFM2's conv in_proj inside the short-conv launch (v8d).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch() needs an mlx.nn.Module, got {type(model).__name__}")

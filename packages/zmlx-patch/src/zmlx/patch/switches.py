@@ -12,7 +12,7 @@ SWITCHES: dict[str, str] = {
     "fuse_projections": "fuse the quantized projections at decode",
     "compile_blocks": "trace patched MoE blocks with mx.compile at decode",
     "fuse_router": "run an affine-quantized MoE router's projection inside the routing launch",
-    "fuse_qkv": "run attention's q/k/v projections inside the q/k norm + RoPE launch",
+    "fuse_qkv": "run attention's q/k/v projections inside its norm + RoPE launch (with attention_layer: input norm too)",
     "fuse_conv_proj": "run LFM2's conv in_proj inside the short-conv launch",
 }
 

@@ -21,12 +21,13 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.rope_utils import Llama3RoPE, YarnRoPE
+from zmlx import kernels as zk
 from zmlx.kernels.backend import positions
 
 from .._swap import compiled_fn, original_class
 from ..families import AttentionSite, LayerSite, resolve_class
 from . import _layer, qk_norm_rope
-from ._structure import missing_modules
+from ._structure import affine_quantized, missing_modules
 
 # RoPE classes whose __call__ only hands the offset to mx.fast.rope (Llama3RoPE, YarnRoPE: precomputed freqs)
 _ROPES = (nn.RoPE, Llama3RoPE, YarnRoPE)
@@ -68,15 +69,44 @@ def _before(layer: nn.Module, site: LayerSite, x: mx.array, pos: mx.array):
     attention = getattr(layer, site.attn)
     if isinstance(site.attention, AttentionSite):  # with fuse_qkv the input norm joins the prologue's launch
         return qk_norm_rope._prologue(attention, _attention_site(site), x, pos, input_norm=layer.input_layernorm)
+    n_heads, n_kv_heads = (getattr(attention, a) for a in site.attention.heads)
+    fused = _fused_prologue(layer, attention, x, pos, n_heads, n_kv_heads) if site.fuse_qkv else None
+    if fused is not None:
+        return fused
     normed = layer.input_layernorm(x)
     # Llama's attention line for line up to the cache update, the rope's offset an array
     B, L, _ = normed.shape
-    n_heads, n_kv_heads = (getattr(attention, a) for a in site.attention.heads)
     queries, keys, values = attention.q_proj(normed), attention.k_proj(normed), attention.v_proj(normed)
     queries = queries.reshape(B, L, n_heads, -1).transpose(0, 2, 1, 3)
     keys = keys.reshape(B, L, n_kv_heads, -1).transpose(0, 2, 1, 3)
     values = values.reshape(B, L, n_kv_heads, -1).transpose(0, 2, 1, 3)
     return attention.rope(queries, offset=pos), attention.rope(keys, offset=pos), values
+
+
+def _fused_prologue(layer: nn.Module, attention: nn.Module, x: mx.array, pos: mx.array, n_heads: int,
+                    n_kv_heads: int):
+    """patch(fuse_qkv=True) on a Llama-style block: input norm, q/k/v projections (+ biases) and RoPE as one
+    zk.qkv_rope launch, or None where it does not take this block (a RoPE that scales x itself, partial rotary,
+    projections not affine-quantized alike)."""
+    rope = attention.rope
+    if type(rope) is nn.RoPE:
+        rope_kw = dict(base=rope.base, scale=rope.scale)
+    elif type(rope) is Llama3RoPE:  # its freqs precomputed once, read at trace time
+        rope_kw = dict(freqs=rope._freqs)
+    else:
+        return None
+    projs = (attention.q_proj, attention.k_proj, attention.v_proj)
+    quant = [affine_quantized(p, bias=True) for p in projs]
+    if any(q is None for q in quant) or len({(p.group_size, p.bits) for p in projs}) != 1:
+        return None
+    if rope.dims * n_heads != quant[0][0].shape[0]:
+        return None
+    norm = layer.input_layernorm
+    input_norm = (norm["weight"], norm.eps) if type(norm) is nn.RMSNorm else None
+    return zk.qkv_rope(x if input_norm else norm(x), *quant, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                       group_size=projs[0].group_size, bits=projs[0].bits, offset=pos,
+                       traditional=rope.traditional, input_norm=input_norm,
+                       biases=tuple(p["bias"] if "bias" in p else None for p in projs), **rope_kw)
 
 
 def _after(layer: nn.Module, site: LayerSite, x: mx.array, attended: mx.array) -> mx.array:
