@@ -31,6 +31,11 @@ def test_default_plus_parts_add_opt_ins_and_patterns_to_the_family_defaults():
     model = tiny.build("qwen3_moe")
     assert ab.patterns_for(model, pats) == ["swiglu_mlp", "moe_mlp", "qk_norm_rope", "attention_layer"]
     assert ab.patterns_for(model, ["moe_mlp"]) == ["moe_mlp"] and ab.patterns_for(model, None) is None
+    # llama's fewest launches: the dense gate+up launch (fuse_projections) on top of the traced layer's opt-ins
+    pats, kw = ab.parse_config("default+layer+qkv+res+fuse")
+    assert pats == [ab.DEFAULTS, "attention_layer", "residual_norm"]
+    assert kw == {"fuse_qkv": True, "fuse_projections": True}
+    assert ab.parse_config("moe+fuse") == (["moe_mlp"], {"fuse_projections": True, "compile_blocks": True})
 
 
 def test_unknown_part_exits_with_a_message():

@@ -36,7 +36,7 @@ PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "
 # the opposite otherwise): measurement switches that are not patch() arguments
 SWITCHES = {"nofold": ("_layer", "FOLD_RESIDUAL", False), "noprologue": ("qk_norm_rope", "TRACE_PROLOGUE", False)}
 # part -> the opt-in patch() argument it turns on, alone or after 'default'
-OPT_INS = {"router": "fuse_router", "qkv": "fuse_qkv", "convproj": "fuse_conv_proj"}
+OPT_INS = {"router": "fuse_router", "qkv": "fuse_qkv", "convproj": "fuse_conv_proj", "fuse": "fuse_projections"}
 # in a parsed 'default+<pattern part>' configuration: the family's default patterns, the named ones added
 DEFAULTS = "<defaults>"
 

@@ -5,7 +5,7 @@
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh lfm2    # device cost (ncu), lfm2 decode A/B
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh qwen3   # qwen3 A/B and host/device split (build 3+ min)
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh layer [llama-3-8b]  # attention_layer: tests, split, A/B
-#   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh stack [MODEL]  # A/B: layer, +qkv, +router +res
+#   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh stack [MODEL [CONFIG...]]  # A/B: fewest launches
 #   ... bash tools/gpu/opt_ins.sh capsule lfm2-8b-a1b --fuse-qkv ...     # the claim: a capsule, 500 tokens x 5 runs
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh graph [MODEL]  # primitives per step, by kind
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh mlxenv [MODEL]  # MLX's CUDA-graph batching vs dispatch
@@ -52,14 +52,16 @@ case "${1:-}" in
     done
     timeout 240 python3 $G/ab_decode.py "$m" --configs stock default default+layer --rounds 4 2>&1 | tail -4
     ;;
-  stack)  # [MODEL]: the host-side cuts stacked, one A/B (each config's re-trace left out of its timing since 23d975e)
-    m=synthetic:${2:-qwen3-30b-a3b}
-    timeout 560 python3 $G/ab_decode.py "$m" --configs stock default default+layer default+layer+qkv \
-      default+layer+qkv+router+res --rounds 4 2>&1 | tail -6
+  stack)  # [MODEL [CONFIG...]]: the launch cuts stacked, one in-process A/B (re-traces left out of the timing).
+    # Default configs: stock, the defaults, every opt-in (layer + qkv + router + res: the fewest launches); for
+    # llama-3-8b add default+layer+qkv+res+fuse (the dense gate+up launch too)
+    m=synthetic:${2:-qwen3-30b-a3b}; shift $(( $# < 2 ? $# : 2 ))
+    configs=("$@"); [ ${#configs[@]} -gt 0 ] || configs=(stock default default+layer+qkv+router+res)
+    timeout 560 python3 $G/ab_decode.py "$m" --configs "${configs[@]}" --rounds 4 2>&1 | tail -6
     ;;
   graph)  # [MODEL]: what dispatch costs in count: one decode step's primitives for each config (seconds each)
     m=synthetic:${2:-qwen3-30b-a3b}
-    for c in stock default default+layer default+layer+qkv; do
+    for c in stock default default+layer default+layer+qkv+router+res; do
       echo "== $c"; timeout 240 python3 $G/profile_decode.py "$m" --config $c --graph 2>&1 | grep -E "^(\||primitives)"
     done
     ;;
@@ -80,5 +82,5 @@ case "${1:-}" in
       --cache-dir /tmp/zmlx-synth --quiet --note "zmlx $(cat .zmlx-commit 2>/dev/null) $*" "$@" \
       --out "$OUT/${m}_capsule.json" 2>&1 | grep -v "incorrect regex pattern" | tail -2
     ;;
-  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3|layer [MODEL]|stack [MODEL]|graph [MODEL]|mlxenv [MODEL]|capsule MODEL [flags]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3|layer [MODEL]|stack [MODEL [CONFIG...]]|graph [MODEL]|mlxenv [MODEL]|capsule MODEL [flags]" >&2; exit 2 ;;
 esac
