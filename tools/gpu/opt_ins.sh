@@ -18,8 +18,8 @@ export PYTHONUNBUFFERED=1 MLX_CUDA_USE_CUDNN_SDPA=0
 PT=(python3 -m pytest -m gpu -q -p no:cacheprovider -rfE)
 G=tools/gpu
 case "${1:-}" in
-  tests)  # what has not yet run on a GPU: zk.add_norm_router (kernel checks, patch mode norm_router), rope offsets
-    ( timeout 300 "${PT[@]}" packages/zmlx-kernels/tests/test_kernels_gpu.py -k "router" > "$OUT/k.log" 2>&1 ) &
+  tests)  # what has not yet run on a GPU: add_norm_router, qkv input norm, qkv_rope (kernels, patch mode stacked)
+    ( timeout 300 "${PT[@]}" packages/zmlx-kernels/tests/test_kernels_gpu.py -k "router or qkv" > "$OUT/k.log" 2>&1 ) &
     ( timeout 420 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k stacked > "$OUT/pn.log" 2>&1 ) &
     ( timeout 300 "${PT[@]}" packages/zmlx-patch/tests/test_rope_offset_gpu.py > "$OUT/ro.log" 2>&1 ) &
     wait
