@@ -260,12 +260,20 @@ def reference_checks(seed: int) -> list[RefCheck]:
         x, (q, k, v), qw, kw = make_case(hq, hk, hd, d, gs, bits, sub, dtype)
         _, _, got = qkv_norm_rope_reference(x, q, k, v, qw, kw, 1e-6, 1e-6, n_heads=hq, n_kv_heads=hk,
                                             group_size=gs, bits=bits, offset=5, base=10000.0)
-        wd, xd = as_float64(mx.dequantize(*v, group_size=gs, bits=bits)), as_float64(x).reshape(-1)
-        want = (wd @ xd).reshape(hk, hd)
-        scale = (np.abs(wd) @ np.abs(xd) + 1e-3).reshape(hk, hd)  # relative to the magnitudes summed
-        err = float(np.max(np.abs(as_float64(got)[0, :, 0, :] - want) / scale))
-        out.append(RefCheck("qkv", "qkv_norm_rope v", dtype_name(dtype), err, REF_TOLERANCE[dtype]))
+        out.append(RefCheck("qkv", "qkv_norm_rope v", dtype_name(dtype), value_error(x, v, got, gs, bits),
+                            REF_TOLERANCE[dtype]))
     return out
+
+
+def value_error(x: mx.array, v: Quant, got: mx.array, group_size: int, bits: int,
+                bias: mx.array | None = None) -> float:
+    """Largest error of a reference's v ``(1, HK, 1, HD)`` against float64 math on the dequantized projection
+    (``+ bias``), relative to the magnitudes summed."""
+    wd, xd = as_float64(mx.dequantize(*v, group_size=group_size, bits=bits)), as_float64(x).reshape(-1)
+    bd = 0.0 if bias is None else as_float64(bias)
+    want = wd @ xd + bd
+    scale = np.abs(wd) @ np.abs(xd) + np.abs(bd) + 1e-3
+    return float(np.max(np.abs(as_float64(got).reshape(-1) - want) / scale))
 
 
 OP = OpInfo(
