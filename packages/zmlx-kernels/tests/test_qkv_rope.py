@@ -6,7 +6,7 @@ llama-3-8b's shape with Llama3RoPE freqs, a biased qwen2 shape, odd sizes)."""
 import mlx.core as mx
 import mlx.nn as nn
 import pytest
-from mlx_lm.models.rope_utils import Llama3RoPE
+from mlx_lm.models.rope_utils import Llama3RoPE, YarnRoPE
 from zmlx.kernels import qkv_rope
 from zmlx.kernels.ops import qkv_rope as QR
 
@@ -36,10 +36,16 @@ ROPES = {
     "rope-traditional": lambda hd: nn.RoPE(hd, traditional=True, base=10000.0),
     "llama3": lambda hd: Llama3RoPE(hd, max_position_embeddings=131072, base=500000.0, scaling_config={
         "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    # gpt-oss's: freqs, and q/k scaled by mscale (~1.35) before the rotation
+    "yarn": lambda hd: YarnRoPE(hd, max_position_embeddings=131072, base=150000.0, scaling_factor=32.0,
+                                original_max_position_embeddings=4096, beta_fast=32.0, beta_slow=1.0),
 }
 
 
 def _rope_kwargs(rope) -> dict:
+    if isinstance(rope, YarnRoPE):
+        assert rope.mscale != 1.0
+        return dict(freqs=rope._freqs, traditional=rope.traditional, mscale=rope.mscale)
     if isinstance(rope, Llama3RoPE):
         return dict(freqs=rope._freqs, traditional=rope.traditional)
     return dict(base=rope.base, scale=rope.scale, traditional=rope.traditional)
@@ -91,4 +97,5 @@ def test_body_rotates_the_shared_row_as_mlx_rope_single():
     body = QR.SPEC.body
     assert "1.0f / freqs[p]" in body and "zm_exp2f(" in body and "params[1] * static_cast<float>(pos0[0])" in body
     assert "if (HAS_BIAS) g = zm_add_rn(g, lin_b[qmv_row0 + e]);" in body
+    assert body.count("HAS_MSCALE ? zm_mul(proj[i") == 2, "YarnRoPE's mscale: q and k, one rounding each"
     assert "qmv_x = xrow;" in QR.SPEC_IN.body and "qmv_x = x;" not in QR.SPEC_IN.body

@@ -172,8 +172,7 @@ PLAIN_CASES = [("llama", {}), ("llama", {"rope_scaling": LLAMA3_SCALING}), ("qwe
                          ids=["llama", "llama3-rope", "qwen2", "mixtral", "gpt_oss", "gpt_oss-yarn"])
 def test_with_fuse_qkv_a_llama_style_prologue_is_one_launch(family, overrides, monkeypatch):
     """fuse_qkv in a traced Llama-style layer: input norm, q/k/v (+ qwen2's and gpt-oss's biases) and RoPE
-    (nn.RoPE, Llama3RoPE) through zk.qkv_rope; YarnRoPE (gpt-oss's real config) scales x itself, so those layers
-    keep their ops. Stock bit for bit."""
+    (nn.RoPE, Llama3RoPE, YarnRoPE with its mscale: gpt-oss's real config) through zk.qkv_rope. Stock bit for bit."""
     from mlx_lm.models.rope_utils import Llama3RoPE, YarnRoPE
 
     model = tiny.build(family, quantized=True, seed=5, **overrides)
@@ -188,4 +187,4 @@ def test_with_fuse_qkv_a_llama_style_prologue_is_one_launch(family, overrides, m
     got = _decode(model, seq)
     unpatch(model)
     assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
-    assert (calls["qkv_rope"] > 0) == (not yarn), calls
+    assert calls["qkv_rope"] > 0 and (not yarn or rope.mscale != 1.0), calls

@@ -1,8 +1,9 @@
 """A Llama-style attention block's prologue at one token in one launch: q/k/v projections (+ their biases), RoPE.
 
-For attention without q/k norms (llama, qwen2, mixtral): three affine-quantized ``QuantizedLinear`` projections (MLX
+For attention without q/k norms (llama, qwen2, mixtral, gpt-oss): three affine-quantized ``QuantizedLinear`` projections (MLX
 ``qmv`` launches, then ``+ bias`` as its own rounding where the layer has one), the reshapes, ``mx.fast.rope`` of q
-and k (``nn.RoPE``: base and scale; ``Llama3RoPE``: its precomputed ``freqs``) and the value transpose. The kernel
+and k (``nn.RoPE``: base and scale; ``Llama3RoPE``: its precomputed ``freqs``; ``YarnRoPE``: freqs, q and k first
+scaled by its ``mscale``) and the value transpose. The kernel
 runs qkv.py's layout, one threadgroup per head (q heads, then k, then v): the head's rows in MLX's CUDA qmv numerics
 (_qmv.py) into shared memory, rounded to the activations' dtype, the bias added as its own rounding; v heads write
 them out, q/k heads rotate them as MLX's CUDA ``rope_single`` kernel does at one token (``inv_freq`` as
@@ -61,8 +62,9 @@ _BODY = """\
     const float sintheta = zm_sinf(theta);
     const int i1 = TRADITIONAL ? 2 * p : p;
     const int i2 = TRADITIONAL ? i1 + 1 : i1 + HD / 2;
-    const float x1 = static_cast<float>(proj[i1]);
-    const float x2 = static_cast<float>(proj[i2]);
+    // YarnRoPE scales q and k first (x.at[..., :dims].multiply(mscale): one rounding in T)
+    const float x1 = static_cast<float>(HAS_MSCALE ? zm_mul(proj[i1], static_cast<T>(params[2])) : proj[i1]);
+    const float x2 = static_cast<float>(HAS_MSCALE ? zm_mul(proj[i2], static_cast<T>(params[2])) : proj[i2]);
     const float rx1 = x1 * costheta - x2 * sintheta;
     const float rx2 = x1 * sintheta + x2 * costheta;
     dst[i1] = static_cast<T>(rx1);
@@ -74,7 +76,7 @@ _INPUTS = (Param("x"), Param("w_q", "uint32_t"), Param("s_q"), Param("b_q"), Par
            Param("b_k"), Param("w_v", "uint32_t"), Param("s_v"), Param("b_v"), Param("lb_q"), Param("lb_k"),
            Param("lb_v"), Param("freqs", "float"), Param("params", "float"), Param("pos0", "int32_t"))
 _TEMPLATES = (("T", "float"), ("A", "float"), ("BITS", 4), ("QGS", 64), ("R", 4), ("HD", 128), ("HQ", 4), ("HK", 2),
-              ("HAS_BIAS", False), ("HAS_FREQS", False), ("TRADITIONAL", False))
+              ("HAS_BIAS", False), ("HAS_FREQS", False), ("HAS_MSCALE", False), ("TRADITIONAL", False))
 SPEC = KernelSpec(name="qkv_rope", inputs=_INPUTS, outputs=(Param("q_out"), Param("k_out"), Param("v_out")),
                   body=_BODY, templates=_TEMPLATES)
 # with the decoder layer's input RMSNorm in front (qkv.py's INPUT_NORM: each block into its own row of xn)
@@ -88,8 +90,9 @@ Biases = tuple[mx.array | None, mx.array | None, mx.array | None]
 def qkv_rope_reference(x: mx.array, q: Quant, k: Quant, v: Quant, *, n_heads: int, n_kv_heads: int, group_size: int,
                        bits: int, offset: int | mx.array, base: float | None = None, freqs: mx.array | None = None,
                        scale: float = 1.0, traditional: bool = False, biases: Biases = (None, None, None),
-                       input_norm: tuple[mx.array, float] | None = None):
-    """Llama's attention up to the cache: (input RMSNorm,) projections (+ bias), reshapes, ``mx.fast.rope``."""
+                       input_norm: tuple[mx.array, float] | None = None, mscale: float = 1.0):
+    """Llama's attention up to the cache: (input RMSNorm,) projections (+ bias), reshapes, ``mx.fast.rope``
+    (after YarnRoPE's ``x.at[..., :dims].multiply(mscale)`` where ``mscale != 1``)."""
     if input_norm is not None:
         x = mx.fast.rms_norm(x, *input_norm)
     b, seq, _ = x.shape
@@ -98,6 +101,8 @@ def qkv_rope_reference(x: mx.array, q: Quant, k: Quant, v: Quant, *, n_heads: in
         y = _project(x, p, group_size, bits)
         outs.append((y if bias is None else y + bias).reshape(b, seq, n, -1).transpose(0, 2, 1, 3))
     dims = outs[0].shape[-1]
+    if mscale != 1.0:
+        outs[:2] = [y.at[..., :dims].multiply(mscale) for y in outs[:2]]
     rope = dict(traditional=traditional, base=base, scale=scale, offset=offset, freqs=freqs)
     return mx.fast.rope(outs[0], dims, **rope), mx.fast.rope(outs[1], dims, **rope), outs[2]
 
@@ -118,15 +123,16 @@ def _fits(x, quants, biases, freqs, head_dim, n_heads, n_kv_heads, group_size, b
 def qkv_rope(x: mx.array, q: Quant, k: Quant, v: Quant, *, n_heads: int, n_kv_heads: int, group_size: int, bits: int,
              offset: int | mx.array, base: float | None = None, freqs: mx.array | None = None, scale: float = 1.0,
              traditional: bool = False, biases: Biases = (None, None, None),
-             input_norm: tuple[mx.array, float] | None = None, stream: mx.Stream | None = None):
+             input_norm: tuple[mx.array, float] | None = None, mscale: float = 1.0, stream: mx.Stream | None = None):
     """``x``: (B, L, D) -> q (B, HQ, L, HD), k and v (B, HK, L, HD): projected (``biases`` added), q/k rotated by
     ``mx.fast.rope`` over the whole head (``base`` or ``freqs``, ``scale``, ``traditional``). ``input_norm = (w, eps)``:
-    ``x`` un-normalised, the decoder layer's RMSNorm first. ``offset``: an int or one int32 array."""
+    ``x`` un-normalised, the decoder layer's RMSNorm first. ``mscale``: YarnRoPE's scaling of q and k before the
+    rotation. ``offset``: an int or one int32 array."""
     if (base is None) == (freqs is None):
         raise ValueError("qkv_rope: give exactly one of base and freqs")
     head_dim = q[0].shape[0] // n_heads
     kw = dict(n_heads=n_heads, n_kv_heads=n_kv_heads, group_size=group_size, bits=bits, offset=offset, base=base,
-              freqs=freqs, scale=scale, traditional=traditional, biases=biases)
+              freqs=freqs, scale=scale, traditional=traditional, biases=biases, mscale=mscale)
     fits = target_for(stream) == "cuda" and _fits(x, (q, k, v), biases, freqs, head_dim, n_heads, n_kv_heads,
                                                   group_size, bits, base)
     if input_norm is not None and fits and mlx_rms_layout(x.shape[-1], x.dtype)[0] > _THREADS:
@@ -137,8 +143,8 @@ def qkv_rope(x: mx.array, q: Quant, k: Quant, v: Quant, *, n_heads: int, n_kv_he
     template = [("T", x.dtype), ("A", mx.float32 if bits == 8 else x.dtype), ("BITS", bits), ("QGS", group_size),
                 ("R", rows_per_warp(bits, head_dim, _THREADS // 32)), ("HD", head_dim), ("HQ", n_heads),
                 ("HK", n_kv_heads), ("HAS_BIAS", bias is not None), ("HAS_FREQS", freqs is not None),
-                ("TRADITIONAL", traditional)]
-    params = constant((_log2f(base) if base is not None else 0.0, scale))
+                ("HAS_MSCALE", mscale != 1.0), ("TRADITIONAL", traditional)]
+    params = constant((_log2f(base) if base is not None else 0.0, scale, mscale))
     lin = tuple(b if b is not None else q[1] for b in biases)  # placeholders the kernel does not read
     tail = (*lin, freqs if freqs is not None else params, params, position_input(offset))
     shapes = [(1, n_heads, 1, head_dim), (1, n_kv_heads, 1, head_dim), (1, n_kv_heads, 1, head_dim)]
@@ -153,14 +159,16 @@ def qkv_rope(x: mx.array, q: Quant, k: Quant, v: Quant, *, n_heads: int, n_kv_he
     return tuple(out[:3])
 
 
-# --- checks: llama-3-8b (32/8 heads x 128, D 4096, Llama3RoPE freqs), qwen2 (biases, base), odd sizes ------------
+# --- checks: llama-3-8b (32/8 x 128, D 4096, Llama3RoPE), qwen2 (biases, base), gpt-oss (YarnRoPE), odd sizes ----
 
-# (HQ, HK, HD, D, group size, bits, offset, rope: "base" or "freqs", biases, traditional, input norm)
+# (HQ, HK, HD, D, group size, bits, offset, rope: "base", "freqs" or "yarn" (freqs + mscale), biases, traditional,
+# input norm)
 CASES = (
     (32, 8, 128, 4096, 64, 4, 517, "freqs", False, False, True),
     (28, 4, 128, 3584, 64, 4, 3001, "base", True, False, True),
     (5, 1, 64, 320, 32, 8, 123, "base", True, True, False),
     (3, 3, 128, 640, 128, 4, 31, "freqs", False, False, False),
+    (64, 8, 64, 2880, 64, 4, 777, "yarn", True, False, True),  # gpt-oss: biases, YarnRoPE's freqs and mscale
 )
 
 
@@ -171,6 +179,8 @@ def _case(hq, hk, hd, d, gs, bits, rope, bias, key):
                    for n, kk in zip((hq, hk, hk), mx.random.split(kb, 3), strict=True)) if bias else (None,) * 3
     # Llama3RoPE-like: smooth frequencies with a stretched tail
     freqs = (10000.0 ** (mx.arange(0, hd, 2, dtype=mx.float32) / hd)) * (1 + 7 * (mx.arange(hd // 2) > hd // 4))
+    if rope == "yarn":
+        return x, (q, k, v), biases, dict(freqs=freqs.astype(mx.float32), mscale=1.3465735902799727)
     return x, (q, k, v), biases, dict(freqs=freqs.astype(mx.float32)) if rope == "freqs" else dict(base=500000.0)
 
 

@@ -85,14 +85,16 @@ def _before(layer: nn.Module, site: LayerSite, x: mx.array, pos: mx.array):
 
 def _fused_prologue(layer: nn.Module, attention: nn.Module, x: mx.array, pos: mx.array, n_heads: int,
                     n_kv_heads: int):
-    """patch(fuse_qkv=True) on a Llama-style block: input norm, q/k/v projections (+ biases) and RoPE as one
-    zk.qkv_rope launch, or None where it does not take this block (a RoPE that scales x itself, partial rotary,
-    projections not affine-quantized alike)."""
+    """patch(fuse_qkv=True) on a Llama-style block: input norm, q/k/v projections (+ biases) and RoPE (nn.RoPE,
+    Llama3RoPE, YarnRoPE) as one zk.qkv_rope launch, or None where it does not take this block (another RoPE,
+    partial rotary, projections not affine-quantized alike)."""
     rope = attention.rope
     if type(rope) is nn.RoPE:
         rope_kw = dict(base=rope.base, scale=rope.scale)
     elif type(rope) is Llama3RoPE:  # its freqs precomputed once, read at trace time
         rope_kw = dict(freqs=rope._freqs)
+    elif type(rope) is YarnRoPE:  # gpt-oss: freqs, and q/k scaled by mscale first
+        rope_kw = dict(freqs=rope._freqs, mscale=rope.mscale)
     else:
         return None
     projs = (attention.q_proj, attention.k_proj, attention.v_proj)
