@@ -18,8 +18,9 @@ FOLD_RESIDUAL = True
 def residual_ffn(layer: nn.Module, x: mx.array, r: mx.array, norm: str, ffn: str, *, residual_norm: bool,
                  fold: bool = False) -> mx.array:
     """``h = x + r; out = h + layer.<ffn>(layer.<norm>(h))``; with ``residual_norm`` the add and the (RMS) norm are
-    one ``zk.add_rms_norm`` (and with a fused router the routing too: ``zk.add_norm_router``); with ``fold`` (inside a traced step) a patched MoE feed-forward adds ``h`` in its own
-    last launch (the fused down+combine's epilogue, the same rounding as the add)."""
+    one ``zk.add_rms_norm`` (with a fused router, the routing too: ``zk.add_norm_router``); with ``fold`` (inside a
+    traced step) a patched MoE feed-forward adds ``h`` in its own last launch (the fused down+combine's epilogue,
+    the same rounding as the add)."""
     ff = getattr(layer, ffn)
     moe = _swap.pattern_of(ff) == "moe_mlp"
     if residual_norm and moe:
