@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The opt-in fusions (patch(fuse_router=, fuse_qkv=, fuse_conv_proj=True)) on the lent GPU, in three host calls of < 10 min
 # (after the two-step install; later calls on the warm host need only the `source`):
-#   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh tests   # GPU tests of what never ran on one (~5 min)
+#   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh tests [MODEL...]  # GPU tests of what never ran on
+#     one (~5 min), building the named synthetic checkpoints meanwhile
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh lfm2    # device cost (ncu), lfm2 decode A/B
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh qwen3   # qwen3 A/B and host/device split (build 3+ min)
 #   source /root/zmlx-wheels/env.sh && bash tools/gpu/opt_ins.sh layer [llama-3-8b]  # attention_layer: tests, split, A/B
@@ -18,7 +19,13 @@ export PYTHONUNBUFFERED=1 MLX_CUDA_USE_CUDNN_SDPA=0
 PT=(python3 -m pytest -m gpu -q -p no:cacheprovider -rfE)
 G=tools/gpu
 case "${1:-}" in
-  tests)  # what has not yet run on a GPU: add_norm_router, qkv input norm, qkv_rope (kernels, patch mode stacked)
+  tests)  # [MODEL...]: what has not yet run on a GPU: add_norm_router, qkv input norm, qkv_rope (kernels, patch mode
+    # stacked), rope offsets; the named synthetic checkpoints are built meanwhile (CPU-bound) for the timing phases
+    shift
+    for m in "$@"; do
+      ( timeout 420 python3 -c "import sys; from zmlx.validate import load_model; load_model(sys.argv[1], \
+        cache_dir='/tmp/zmlx-synth')" "synthetic:$m" > "$OUT/build-$m.log" 2>&1; echo "built $m: exit $?" ) &
+    done
     ( timeout 300 "${PT[@]}" packages/zmlx-kernels/tests/test_kernels_gpu.py -k "router or qkv" > "$OUT/k.log" 2>&1 ) &
     ( timeout 420 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k stacked > "$OUT/pn.log" 2>&1 ) &
     ( timeout 300 "${PT[@]}" packages/zmlx-patch/tests/test_rope_offset_gpu.py > "$OUT/ro.log" 2>&1 ) &
@@ -82,5 +89,5 @@ case "${1:-}" in
       --cache-dir /tmp/zmlx-synth --quiet --note "zmlx $(cat .zmlx-commit 2>/dev/null) $*" "$@" \
       --out "$OUT/${m}_capsule.json" 2>&1 | grep -v "incorrect regex pattern" | tail -2
     ;;
-  *) echo "usage: bash tools/gpu/opt_ins.sh tests|lfm2|qwen3|layer [MODEL]|stack [MODEL [CONFIG...]]|graph [MODEL]|mlxenv [MODEL]|capsule MODEL [flags]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/gpu/opt_ins.sh tests [MODEL...]|lfm2|qwen3|layer [MODEL]|stack [MODEL [CONFIG...]]|graph [MODEL]|mlxenv [MODEL]|capsule MODEL [flags]" >&2; exit 2 ;;
 esac
