@@ -158,7 +158,8 @@ def fused(self: nn.Module, site: MoeSite, x: mx.array, residual: mx.array | None
         same = site.combine_fp32 or scores.dtype == x.dtype
         fold = (residual is not None and same and site.shared == "none" and group is None
                 and not site.flatten_tokens and residual.shape == x.shape and residual.dtype == x.dtype)
-        y = fused_experts(plan, x, mx.stop_gradient(inds), scores, site.combine_fp32, residual if fold else None)
+        # inds as they are: the launches have no gradient to stop, and a StopGradient is one more primitive a step
+        y = fused_experts(plan, x, inds, scores, site.combine_fp32, residual if fold else None)
         if fold:
             return y
     else:
