@@ -127,8 +127,8 @@ def test_input_norm_is_the_layers_rms_norm_first(d):
     got = QKV.qkv_norm_rope(x, q, k, v, qw, kw, 1e-6, 1e-6, input_norm=(w, 1e-5), **args)
     want = QKV.qkv_norm_rope(mx.fast.rms_norm(x, w, 1e-5), q, k, v, qw, kw, 1e-6, 1e-6, **args)
     assert all(mx.array_equal(a, b).item() for a, b in zip(got, want, strict=True))
-    assert QKV._input_norm_fits(x, w, 256) == (d <= 8192)
-    assert not QKV._input_norm_fits(x, w.astype(mx.float32), 256)
+    assert QKV.input_norm_fits(x, w, 256) == (d <= 8192)
+    assert not QKV.input_norm_fits(x, w.astype(mx.float32), 256)
 
 
 def test_input_norm_splice_normalises_into_the_blocks_own_row_then_projects_it():

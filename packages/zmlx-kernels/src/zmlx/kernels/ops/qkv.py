@@ -128,15 +128,20 @@ def qkv_norm_rope_reference(
     return qo, ko, vs.reshape(b, seq, n_kv_heads, -1).transpose(0, 2, 1, 3)
 
 
-def _fits(x, quants, q_weight, k_weight, head_dim, n_heads, n_kv_heads, group_size, bits) -> bool:
+def projections_fit(x, quants, head_dim, n_heads, n_kv_heads, group_size, bits) -> bool:
+    """One bf16 token and three affine projections the per-head qmv rows reproduce (qkv.py's and qkv_rope.py's)."""
     kdim = x.shape[-1]
     rows = (n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim)
-    return (x.ndim == 3 and x.shape[0] * x.shape[1] == 1 and x.dtype == mx.bfloat16 and q_weight.dtype == x.dtype
-            and k_weight.dtype == x.dtype
-            and head_dim % 2 == 0 and kdim > group_size
+    return (x.ndim == 3 and x.shape[0] * x.shape[1] == 1 and x.dtype == mx.bfloat16 and head_dim % 2 == 0
+            and kdim > group_size
             and all(p[0].ndim == 2 and p[0].shape == (n, kdim * bits // 32) and p[1].dtype == x.dtype
                     and p[2] is not None and p[2].dtype == x.dtype
                     and mlx_numerics(1, n, kdim, group_size, bits) == "qmv" for p, n in zip(quants, rows, strict=True)))
+
+
+def _fits(x, quants, q_weight, k_weight, head_dim, n_heads, n_kv_heads, group_size, bits) -> bool:
+    return (q_weight.dtype == x.dtype and k_weight.dtype == x.dtype
+            and projections_fit(x, quants, head_dim, n_heads, n_kv_heads, group_size, bits))
 
 
 def qkv_norm_rope(
@@ -163,7 +168,7 @@ def qkv_norm_rope(
                                        input_norm=input_norm, **kw)
     fits = target == "cuda" and _fits(x, (q, k, v), q_weight, k_weight, head_dim, n_heads, n_kv_heads, group_size, bits)
     tb = max(mlx_rms_layout(head_dim, x.dtype)[0], _THREADS)
-    if input_norm is not None and not (fits and _input_norm_fits(x, input_norm[0], tb)):
+    if input_norm is not None and not (fits and input_norm_fits(x, input_norm[0], tb)):
         x, input_norm = mx.fast.rms_norm(x, *input_norm, stream=stream), None  # the layer's norm, as it runs it
     if not fits:
         # Metal's qmv sums in another order: the projections stay MLX's, the norm + RoPE is one launch anyway
@@ -193,7 +198,7 @@ def qkv_norm_rope(
     return tuple(out[:3])
 
 
-def _input_norm_fits(x: mx.array, weight: mx.array, threads: int) -> bool:
+def input_norm_fits(x: mx.array, weight: mx.array, threads: int) -> bool:
     # MLX's rms_norm for the row must run on threads the block has (its 1024-thread kernel past 8192 bf16 does not)
     return weight.dtype == x.dtype and weight.shape == x.shape[-1:] and mlx_rms_layout(x.shape[-1], x.dtype)[0] <= threads
 

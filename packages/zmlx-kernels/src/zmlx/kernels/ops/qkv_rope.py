@@ -25,9 +25,9 @@ from ..emit import KernelSpec, Param
 from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
 from ._qmv import qmv_rows, rows_per_warp
 from .attention import _log2f
-from .moe_experts import Quant, mlx_numerics
+from .moe_experts import Quant
 from .norms import mlx_rms_layout
-from .qkv import INPUT_NORM, QMV_X, _project, make_case, value_error
+from .qkv import INPUT_NORM, QMV_X, _project, input_norm_fits, make_case, projections_fit, value_error
 
 _BODY = """\
   const int hb = int(zm_bid);  // q heads, then k heads, then v heads
@@ -108,16 +108,12 @@ def qkv_rope_reference(x: mx.array, q: Quant, k: Quant, v: Quant, *, n_heads: in
 
 
 def _fits(x, quants, biases, freqs, head_dim, n_heads, n_kv_heads, group_size, bits, base) -> bool:
-    kdim = x.shape[-1]
     rows = (n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim)
-    return (x.ndim == 3 and x.shape[0] * x.shape[1] == 1 and x.dtype == mx.bfloat16 and head_dim % 2 == 0
-            and kdim > group_size and (freqs is not None or base is not None)
+    return ((freqs is not None or base is not None)
             and (freqs is None or (freqs.dtype == mx.float32 and freqs.shape == (head_dim // 2,)))
             and len({b is None for b in biases}) == 1  # all three biased or none (one HAS_BIAS)
             and all(b is None or (b.dtype == x.dtype and b.shape == (n,)) for b, n in zip(biases, rows, strict=True))
-            and all(p[0].ndim == 2 and p[0].shape == (n, kdim * bits // 32) and p[1].dtype == x.dtype
-                    and p[2] is not None and p[2].dtype == x.dtype
-                    and mlx_numerics(1, n, kdim, group_size, bits) == "qmv" for p, n in zip(quants, rows, strict=True)))
+            and projections_fit(x, quants, head_dim, n_heads, n_kv_heads, group_size, bits))
 
 
 def qkv_rope(x: mx.array, q: Quant, k: Quant, v: Quant, *, n_heads: int, n_kv_heads: int, group_size: int, bits: int,
@@ -135,8 +131,8 @@ def qkv_rope(x: mx.array, q: Quant, k: Quant, v: Quant, *, n_heads: int, n_kv_he
               freqs=freqs, scale=scale, traditional=traditional, biases=biases, mscale=mscale)
     fits = target_for(stream) == "cuda" and _fits(x, (q, k, v), biases, freqs, head_dim, n_heads, n_kv_heads,
                                                   group_size, bits, base)
-    if input_norm is not None and fits and mlx_rms_layout(x.shape[-1], x.dtype)[0] > _THREADS:
-        x, input_norm = mx.fast.rms_norm(x, *input_norm), None  # MLX's 1024-thread rms_norm: not in one block
+    if input_norm is not None and not (fits and input_norm_fits(x, input_norm[0], _THREADS)):
+        x, input_norm = mx.fast.rms_norm(x, *input_norm, stream=stream), None  # the layer's norm, as it runs it
     if not fits:  # the block's own MLX ops (Metal's qmv sums in another order; the CPU's are the reference)
         return qkv_rope_reference(x, q, k, v, input_norm=input_norm, **kw)
     blocks, bias = n_heads + 2 * n_kv_heads, next((b for b in biases if b is not None), None)
@@ -172,8 +168,8 @@ CASES = (
 )
 
 
-def _case(hq, hk, hd, d, gs, bits, rope, bias, key):
-    x, (q, k, v), _, _ = make_case(hq, hk, hd, d, gs, bits, key)
+def _case(hq, hk, hd, d, gs, bits, rope, bias, key, dtype=mx.bfloat16):
+    x, (q, k, v), _, _ = make_case(hq, hk, hd, d, gs, bits, key, dtype)
     kb, kf = mx.random.split(mx.random.split(key)[1])
     biases = tuple((0.5 * mx.random.normal((n * hd,), key=kk)).astype(x.dtype)
                    for n, kk in zip((hq, hk, hk), mx.random.split(kb, 3), strict=True)) if bias else (None,) * 3
@@ -216,9 +212,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
     for dtype in (mx.float32, mx.bfloat16):
         key, sub = mx.random.split(key)
         hq, hk, hd, d, gs, bits = 4, 2, 64, 256, 64, 4
-        x, (q, k, v), biases, rope = _case(hq, hk, hd, d, gs, bits, "base", True, sub)
-        x, biases = x.astype(dtype), tuple(b.astype(dtype) for b in biases)
-        q, k, v = (tuple(a.astype(dtype) if a.dtype != mx.uint32 else a for a in p) for p in (q, k, v))
+        x, (q, k, v), biases, rope = _case(hq, hk, hd, d, gs, bits, "base", True, sub, dtype)
         _, _, got = qkv_rope_reference(x, q, k, v, n_heads=hq, n_kv_heads=hk, group_size=gs, bits=bits, offset=5,
                                        biases=biases, **rope)
         out.append(RefCheck("qkv_rope", "v + bias", dtype_name(dtype), value_error(x, v, got, gs, bits, biases[2]),

@@ -22,13 +22,13 @@ def residual_ffn(layer: nn.Module, x: mx.array, r: mx.array, norm: str, ffn: str
     traced step) a patched MoE feed-forward adds ``h`` in its own last launch (the fused down+combine's epilogue,
     the same rounding as the add)."""
     ff = getattr(layer, ffn)
-    moe = _swap.pattern_of(ff) == "moe_mlp"
-    if residual_norm and moe:
+    moe = _swap.site_of(ff) if _swap.pattern_of(ff) == "moe_mlp" else None
+    if residual_norm and moe is not None:
         # with patch(fuse_router=True) too: the add, the norm, the router and the routing in one launch
-        got = moe_mlp.norm_route(ff, _swap.site_of(ff), x, r, getattr(layer, norm))
+        got = moe_mlp.norm_route(ff, moe, x, r, getattr(layer, norm))
         if got is not None:
             h, normed, routed = got
-            y = moe_mlp.fused(ff, _swap.site_of(ff), normed, residual=h if fold else None, routed=routed)
+            y = moe_mlp.fused(ff, moe, normed, residual=h if fold else None, routed=routed)
             return y if fold else h + y
     if residual_norm:
         n = getattr(layer, norm)
@@ -36,6 +36,6 @@ def residual_ffn(layer: nn.Module, x: mx.array, r: mx.array, norm: str, ffn: str
     else:
         h = x + r
         normed = getattr(layer, norm)(h)
-    if fold and moe:
-        return moe_mlp.fused(ff, _swap.site_of(ff), normed, residual=h)
+    if fold and moe is not None:
+        return moe_mlp.fused(ff, moe, normed, residual=h)
     return h + ff(normed)
