@@ -81,3 +81,19 @@ ZM_FN void zm_mma_bf16_16816(float& d0, float& d1, float& d2, float& d3, uint32_
 }
 // 16 bytes from global memory in one load (p must be 16-byte aligned).
 template <typename U> ZM_FN uint4 zm_load16(const U* p) { return *reinterpret_cast<const uint4*>(p); }
+// 8 bytes from global memory in one load (p must be 8-byte aligned).
+template <typename U> ZM_FN uint2 zm_load8(const U* p) { return *reinterpret_cast<const uint2*>(p); }
+// Packed bf16 pairs in a uint32 (low half first): one HFMA2.BF16 / HSUB2 per pair, one rounding per half, as MLX's
+// qmv computes them. zm_perm is PRMT (__byte_perm): bytes of (b:a) picked by the selector's nibbles.
+ZM_FN uint32_t zm_bf2_fma(uint32_t a, uint32_t b, uint32_t c) {
+  __nv_bfloat162 r = __hfma2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b),
+                             *reinterpret_cast<__nv_bfloat162*>(&c));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+ZM_FN uint32_t zm_bf2_sub(uint32_t a, uint32_t b) {
+  __nv_bfloat162 r = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+ZM_FN uint32_t zm_perm(uint32_t a, uint32_t b, uint32_t sel) { return __byte_perm(a, b, sel); }
+ZM_FN float zm_bf2_lo(uint32_t p) { return __uint_as_float(p << 16); }
+ZM_FN float zm_bf2_hi(uint32_t p) { return __uint_as_float(p & 0xffff0000u); }

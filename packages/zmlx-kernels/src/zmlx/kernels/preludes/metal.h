@@ -97,3 +97,24 @@ ZM_FN void zm_mma_bf16_16816(thread float& d0, thread float& d1, thread float& d
   }
 }
 template <typename U> ZM_FN uint4 zm_load16(const device U* p) { return *reinterpret_cast<const device uint4*>(p); }
+template <typename U> ZM_FN uint2 zm_load8(const device U* p) { return *reinterpret_cast<const device uint2*>(p); }
+// Packed bf16 pairs in a uint (low half first). Metal: float math, rounded to bf16 (nearest even) per half; the
+// float fma then the bf16 rounding can round twice where CUDA's HFMA2.BF16 rounds once (unverified on Metal).
+ZM_FN float zm_bf2_lo(uint p) { return as_type<float>(p << 16); }
+ZM_FN float zm_bf2_hi(uint p) { return as_type<float>(p & 0xffff0000u); }
+ZM_FN uint zm_bf16_rne(float f) { uint u = as_type<uint>(f); return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16; }
+ZM_FN uint zm_bf2_fma(uint a, uint b, uint c) {
+  return zm_bf16_rne(metal::fma(zm_bf2_lo(a), zm_bf2_lo(b), zm_bf2_lo(c)))
+         | (zm_bf16_rne(metal::fma(zm_bf2_hi(a), zm_bf2_hi(b), zm_bf2_hi(c))) << 16);
+}
+ZM_FN uint zm_bf2_sub(uint a, uint b) {
+  return zm_bf16_rne(zm_bf2_lo(a) - zm_bf2_lo(b)) | (zm_bf16_rne(zm_bf2_hi(a) - zm_bf2_hi(b)) << 16);
+}
+ZM_FN uint zm_perm(uint a, uint b, uint sel) {  // CUDA's __byte_perm: result byte i = byte (sel >> 4i) & 7 of (b:a)
+  uint r = 0;
+  for (uint i = 0; i < 4; ++i) {
+    const uint s = (sel >> (4 * i)) & 7u;
+    r |= (((s < 4 ? a : b) >> (8 * (s & 3u))) & 0xffu) << (8 * i);
+  }
+  return r;
+}

@@ -1,0 +1,226 @@
+"""A quantized matrix-vector product at decode, bit-identical to MLX's CUDA ``qmv`` and faster on the device.
+
+``nn.QuantizedLinear`` at one token runs MLX's ``qmv_kernel``: one warp per output row, 8 rows a block, each lane
+loading 8 bytes of codes a step. On the H100 it moves 4-bit weights at ~0.6 TB/s (2026-11-27, ncu, llama-3-8b:
+225 launches, 6.3 ms of a 7.9 ms step). The arithmetic per row is fixed by docs/notes-mlx-cuda-qmv.md: lane ``l``
+owns codes ``l*16 + i + 512*r`` (4-bit), one bf16 accumulator per ``i`` summed over ``r`` in order with
+``fma(x, fma(q, scale, bias), acc)`` (each one rounding in bf16), the lane's 16 accumulators added in float from
++0 in order, a butterfly over 16..1 lanes, one rounding to bf16. This kernel keeps exactly that per row and changes
+only what MLX leaves free: each warp runs ``R`` rows at once over ``U`` unrolled steps (more bytes in flight), the
+codes are dequantised two at a time in packed bf16 (HFMA2, as MLX's own SASS does), and x pairs are re-packed once a
+step for all ``R`` rows. ``+ bias`` (QuantizedLinear's own add) is one bf16 rounding, as MLX's add is.
+
+Kernel path: CUDA, bf16 activations / scales / biases, affine 4-bit, K a multiple of 16 and of the group size,
+fewer than 8 token rows (MLX's qmv range). Everything else, Metal and the CPU run ``mx.quantized_matmul`` itself.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from ..backend import launch, target_for
+from ..emit import KernelSpec, Param
+from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64
+from .moe_experts import Quant, mlx_numerics
+
+_BODY = """\
+  // w: (N, K/8) uint32 codes; s, b: (N, K/QGS); x: (M, K); out: (M, N). Warp = R consecutive rows of token zm_bid_y.
+  const int KW = w_shape[w_ndim - 1];
+  const int K = KW * 8;
+  const int N = w_shape[w_ndim - 2];
+  const int G = K / QGS;
+  const int lane = int(zm_lane);
+  const int row0 = (int(zm_bid) * int(zm_bdim / 32u) + int(zm_warp)) * R;
+  if (row0 >= N) return;
+  const int m = int(zm_bid_y);
+  ZM_DEVICE const T* xr = x + size_t(m) * size_t(K);
+  // acc[r][4j + s]: packed bf16 accumulators of the lane's codes (8j + s, 8j + s + 4) of each step's 16
+  uint32_t acc[R][8];
+  size_t wrow[R], grow[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int n = row0 + r < N ? row0 + r : N - 1;  // rows past the end re-read the last row, never stored
+    wrow[r] = size_t(n) * size_t(KW);
+    grow[r] = size_t(n) * size_t(G);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[r][i] = 0u;
+  }
+#pragma unroll U
+  for (int k0 = lane * 16; k0 < K; k0 += 512) {  // lanes past K skip the residue step, as MLX's do
+    const uint4 xa = zm_load16(xr + k0);
+    const uint4 xb = zm_load16(xr + k0 + 8);
+    uint2 wv[R];
+    T sv[R], bv[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      wv[r] = zm_load8(w + wrow[r] + size_t(k0 / 8));
+      sv[r] = s[grow[r] + size_t(k0 / QGS)];
+      bv[r] = b[grow[r] + size_t(k0 / QGS)];
+    }
+    // x pairs (x[8j + s], x[8j + s + 4]) matching the code pairs below
+    uint32_t xp[8];
+    xp[0] = zm_perm(xa.x, xa.z, 0x5410u); xp[1] = zm_perm(xa.x, xa.z, 0x7632u);
+    xp[2] = zm_perm(xa.y, xa.w, 0x5410u); xp[3] = zm_perm(xa.y, xa.w, 0x7632u);
+    xp[4] = zm_perm(xb.x, xb.z, 0x5410u); xp[5] = zm_perm(xb.x, xb.z, 0x7632u);
+    xp[6] = zm_perm(xb.y, xb.w, 0x5410u); xp[7] = zm_perm(xb.y, xb.w, 0x7632u);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const uint32_t s2 = zm_pack2(sv[r], sv[r]);
+      const uint32_t b2 = zm_pack2(bv[r], bv[r]);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const uint32_t word = j == 0 ? wv[r].x : wv[r].y;
+#pragma unroll
+        for (int sh = 0; sh < 4; ++sh) {
+          // codes (8j + sh, 8j + sh + 4) as bf16 128 + q, then exact q: MLX's 0x4300 | q, - 128
+          const uint32_t q2 = zm_bf2_sub(((word >> (4 * sh)) & 0x000F000Fu) | 0x43004300u, 0x43004300u);
+          acc[r][4 * j + sh] = zm_bf2_fma(xp[4 * j + sh], zm_bf2_fma(q2, s2, b2), acc[r][4 * j + sh]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    float tot = 0.0f;  // the lane's 16 accumulators in code order, from +0
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const uint32_t p = acc[r][4 * (i / 8) + (i % 4)];
+      tot = zm_fadd(tot, (i % 8) < 4 ? zm_bf2_lo(p) : zm_bf2_hi(p));
+    }
+    for (int o = 16; o > 0; o /= 2) tot = zm_fadd(tot, zm_shfl_xor(tot, o));
+    if (lane == 0 && row0 + r < N) {
+      T g = T(tot);
+      if (HAS_BIAS) g = zm_add_rn(g, bias[row0 + r]);
+      out[size_t(m) * size_t(N) + size_t(row0 + r)] = g;
+    }
+  }
+"""
+
+SPEC = KernelSpec(
+    name="qmv",
+    inputs=(Param("x"), Param("w", "uint32_t"), Param("s"), Param("b"), Param("bias")),
+    outputs=(Param("out"),),
+    body=_BODY,
+    templates=(("T", "float"), ("QGS", 64), ("R", 2), ("U", 4), ("HAS_BIAS", False)),
+)
+
+# 4 warps a block. One row a warp beat 2 and 4 at every projection size (more warps in flight); 4 rows a warp only at
+# lm-head sizes, where x's reuse over 4 rows pays (tools/gpu/qmv_bench.py under ncu, H100, 2026-11-27)
+WARPS = 4
+WIDE = 65536
+
+
+def geometry(n: int) -> tuple[int, int]:
+    """(rows a warp, warps a block) for ``n`` output rows."""
+    return (4 if n >= WIDE else 1), WARPS
+
+
+def qmv_reference(x: mx.array, w: Quant, *, group_size: int, bits: int, bias: mx.array | None = None) -> mx.array:
+    """What ``nn.QuantizedLinear`` (affine) computes: ``quantized_matmul``, then ``+ bias`` as its own op."""
+    y = mx.quantized_matmul(x, w[0], scales=w[1], biases=w[2], transpose=True, group_size=group_size, bits=bits)
+    return y if bias is None else y + bias
+
+
+def fits(x: mx.array, w: Quant, group_size: int, bits: int, bias: mx.array | None = None) -> bool:
+    """One to seven bf16 token rows times a 4-bit affine matrix MLX runs as ``qmv`` (the kernel's numerics)."""
+    wq, s, b = w
+    if x.ndim == 0 or wq.ndim != 2 or bits != 4:
+        return False
+    k, n = x.shape[-1], wq.shape[0]
+    return (x.dtype == mx.bfloat16 and s.dtype == mx.bfloat16 and b is not None and b.dtype == mx.bfloat16
+            and wq.shape[1] * 8 == k and group_size in (32, 64, 128) and s.shape == (n, k // group_size)
+            and (bias is None or (bias.dtype == mx.bfloat16 and bias.shape == (n,)))
+            and mlx_numerics(x.size // k, n, k, group_size, bits) == "qmv")
+
+
+def qmv(x: mx.array, w: Quant, *, group_size: int, bits: int, bias: mx.array | None = None,
+        rows_per_warp: int | None = None, unroll: int = 4, stream: mx.Stream | None = None) -> mx.array:
+    """``x @ dequantize(w).T (+ bias)`` for an affine-quantized ``w = (weight, scales, biases)``: exactly what
+    ``nn.QuantizedLinear`` returns on every device, faster on CUDA at decode. ``rows_per_warp`` / ``unroll`` tune
+    the launch (tools/gpu/qmv_bench.py) and never change the result."""
+    if target_for(stream) != "cuda" or not fits(x, w, group_size, bits, bias):
+        return qmv_reference(x, w, group_size=group_size, bits=bits, bias=bias)
+    n, k = w[0].shape[0], x.shape[-1]
+    rows = x.size // k
+    r, warps = geometry(n)
+    r = rows_per_warp or r
+    per_block = r * warps
+    (out,) = launch(
+        SPEC, "cuda", inputs=(x, *w, bias if bias is not None else w[1]), output_shapes=[(*x.shape[:-1], n)],
+        output_dtypes=[x.dtype], threads=-(-n // per_block) * warps * 32, threadgroup=warps * 32, blocks_y=rows,
+        template=[("T", x.dtype), ("QGS", group_size), ("R", r), ("U", unroll), ("HAS_BIAS", bias is not None)],
+        stream=stream,
+    )
+    return out
+
+
+def kernel_specs():
+    return {"qmv": SPEC}
+
+
+# --- checks ----------------------------------------------------------------------------------------------------
+
+# (rows N, K, group size, token rows, bias): llama-3-8b / qwen3 decode shapes, a residue step (K = 2880, gpt-oss),
+# group sizes 32 / 128, odd row counts (31, 33, 123) and several token rows
+CASES = (
+    (4096, 4096, 64, 1, False),
+    (1024, 2048, 64, 1, False),
+    (2880, 2880, 64, 1, True),
+    (123, 4096, 32, 1, False),
+    (33, 1152, 128, 3, True),
+    (31, 576, 64, 7, False),
+)
+
+
+def make_case(n: int, k: int, group_size: int, rows: int, bias: bool, key: mx.array):
+    """Token rows, a 4-bit matrix with every seventh row a copy of its neighbour (equal outputs), an optional bias."""
+    k1, k2, k3 = mx.random.split(key, 3)
+    x = mx.random.normal((1, rows, k), key=k1).astype(mx.bfloat16)
+    src = mx.arange(n)
+    src = mx.where(src % 7 == 6, src - 1, src)
+    w = (mx.random.normal((n, k), key=k2) * 0.05)[src].astype(mx.bfloat16)
+    q = mx.quantize(w, group_size=group_size, bits=4)
+    b = (mx.random.normal((n,), key=k3) * 0.1).astype(mx.bfloat16) if bias else None
+    return x, q, b
+
+
+def check_cases(seed: int) -> list[CheckCase]:
+    cases = []
+    for i, (n, k, gs, rows, bias) in enumerate(CASES):
+        x, q, b = make_case(n, k, gs, rows, bias, mx.random.key(seed + i))
+        for r in (1, 2, 4):  # every launch shape gives MLX's bits
+            cases.append(CheckCase(
+                "qmv", f"{n}x{k}_g{gs}_m{rows}_r{r}", "bfloat16",
+                kernel=lambda x=x, q=q, b=b, gs=gs, r=r: [qmv(x, q, group_size=gs, bits=4, bias=b, rows_per_warp=r)],
+                reference=lambda x=x, q=q, b=b, gs=gs: [qmv_reference(x, q, group_size=gs, bits=4, bias=b)],
+                exact=True))
+    return cases
+
+
+def reference_checks(seed: int) -> list[RefCheck]:
+    """The reference against float64 dequantise-and-multiply (a sum of K products: a relative tolerance of the
+    bf16 accumulation, scaled by the sum of |products|)."""
+    out = []
+    for i, (n, k, gs, rows, bias) in enumerate(CASES[3:]):
+        x, q, b = make_case(n, k, gs, rows, bias, mx.random.key(seed + i))
+        with mx.stream(mx.cpu):
+            got = as_float64(qmv_reference(x, q, group_size=gs, bits=4, bias=b))
+            wd = as_float64(mx.dequantize(*q, group_size=gs, bits=4))
+        x64 = as_float64(x)
+        want = x64 @ wd.T + (as_float64(b) if b is not None else 0.0)
+        scale = np.abs(x64) @ np.abs(wd).T + 1e-3
+        err = float(np.max(np.abs(got - want) / scale))
+        out.append(RefCheck("qmv", f"{n}x{k}_g{gs}_m{rows}", "bfloat16", err, REF_TOLERANCE[mx.bfloat16]))
+    return out
+
+
+OP = OpInfo(
+    name="qmv",
+    summary="quantized matrix x one token (QuantizedLinear at decode) in MLX's CUDA qmv numerics, more rows in flight",
+    variants=("qmv",),
+    reference="qmv_reference",
+    kernel_specs=kernel_specs,
+    check_cases=check_cases,
+    reference_checks=reference_checks,
+)
