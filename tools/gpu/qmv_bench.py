@@ -84,7 +84,7 @@ def run(ncu: bool) -> int:
 
 
 def summarize(path: str) -> None:
-    rows = [r for r in csv.DictReader(l for l in open(path) if l.startswith('"'))
+    rows = [r for r in csv.DictReader(line for line in open(path) if line.startswith('"'))
             if "qmv" in r["Kernel Name"]]
     metric = defaultdict(dict)  # launch id -> metric -> value
     order = []

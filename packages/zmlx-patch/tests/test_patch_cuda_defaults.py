@@ -8,7 +8,7 @@ import pytest
 import zmlx.patch.core as core
 import zmlx_patch_tiny as tiny
 from zmlx.patch import patch, unpatch
-from zmlx.patch.registry import FAMILIES, FUSE_ON_CUDA
+from zmlx.patch.registry import FAMILIES, FUSE_ON_CUDA, ON_CUDA
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -71,3 +71,27 @@ def test_every_cuda_default_names_a_committed_capsule():
         assert names, f"{what}: names no capsule"
         for name in names:
             assert (ROOT / name).is_file(), f"{what}: {name} is not committed"
+
+
+@pytest.mark.parametrize("family", sorted(ON_CUDA))
+def test_opt_ins_measured_faster_are_defaults_on_cuda_only(family, monkeypatch):
+    model = tiny.build(family, quantized=True)
+    on_cpu = patch(model, verbose=False)
+    assert not set(ON_CUDA[family]) & set(on_cpu.counts) and set(ON_CUDA[family]) <= set(on_cpu.not_applied)
+    unpatch(model)
+    _on_cuda(monkeypatch)
+    result = patch(model, verbose=False)
+    assert set(ON_CUDA[family]) <= set(result.counts) and not set(ON_CUDA[family]) & set(result.not_applied)
+    unpatch(model)
+    # exclude= still takes them out
+    assert "quantized_linear" not in patch(model, verbose=False, exclude=["quantized_linear"]).counts
+    unpatch(model)
+    assert all("perf-notes" in why or "capsules/" in why for why in ON_CUDA[family].values())
+
+
+def test_opt_ins_stay_opt_in_on_cuda_where_unmeasured(monkeypatch):
+    _on_cuda(monkeypatch)
+    model = tiny.build("mixtral", quantized=True)
+    result = patch(model, verbose=False)
+    assert "quantized_linear" not in result.counts and "quantized_linear" in result.not_applied
+    unpatch(model)

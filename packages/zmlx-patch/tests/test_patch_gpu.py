@@ -15,6 +15,7 @@ Building each model once (was: twice per test, two tests per MoE family) cuts mo
 from __future__ import annotations
 
 import mlx.core as mx
+import mlx.nn as nn
 import pytest
 import zmlx.kernels as zk
 import zmlx_patch_tiny as tiny
@@ -22,6 +23,7 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 from zmlx.kernels.backend import gpu_backend
+from zmlx.kernels.ops.qmv import QmvPlan
 from zmlx.kernels.ops.router import VARIANTS as ROUTER_VARIANTS
 from zmlx.patch import patch, unpatch
 from zmlx.patch.registry import FAMILIES
@@ -68,7 +70,21 @@ def _decode_logits(model, seq: mx.array) -> list[mx.array]:
 
 
 def _count_kernel_calls(monkeypatch) -> dict[str, int]:
-    return tiny.count_kernel_calls(monkeypatch, OPS)
+    counts = tiny.count_kernel_calls(monkeypatch, OPS)
+    counts["qmv"] = 0
+    real = QmvPlan.__call__
+
+    def spy(self, x):  # quantized_linear's plans launch the kernel themselves: count the calls that take it
+        counts["qmv"] += self.kernel is not None and x.dtype == mx.bfloat16 and x.size < 8 * self.k
+        return real(self, x)
+
+    monkeypatch.setattr(QmvPlan, "__call__", spy)
+    return counts
+
+
+def _four_bit(model) -> int:
+    """The projections quantized_linear swaps: affine 4-bit QuantizedLinear modules."""
+    return sum(type(m) is nn.QuantizedLinear and m.mode == "affine" and m.bits == 4 for _, m in model.named_modules())
 
 
 def _router_fusable(spec) -> bool:
@@ -92,7 +108,7 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
          "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {"fuse_router": True},
          "qkv": {"fuse_qkv": True}, "conv_proj": {"fuse_conv_proj": True}, "attention_layer": {},
-         "stacked": {"fuse_router": True, "fuse_qkv": True}}
+         "stacked": {"fuse_router": True, "fuse_qkv": True}, "quantized_linear": {}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -134,11 +150,22 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         # LFM2: conv_layer carries it and then takes the attention layers too
         fused_by = "conv_layer" if "conv_layer" in spec.sites else "residual_norm"
         expected[fused_by] = tiny.config(family)["num_hidden_layers"]
+    if mode == "quantized_linear":  # the defaults + every 4-bit projection through zk.qmv, in traced layers if any
+        layer = "attention_layer" in spec.sites and "conv_layer" not in spec.sites
+        patterns = (patterns or spec.default_patterns()) + (["attention_layer"] if layer else []) + ["quantized_linear"]
+        if layer:
+            expected["attention_layer"] = tiny.config(family)["num_hidden_layers"]
+        expected["quantized_linear"] = _four_bit(model)
     if mode == "stacked":
         layer = "attention_layer" in spec.sites
         patterns = patterns + (["attention_layer"] if layer else []) + ["residual_norm"]
         fused_by = "conv_layer" if "conv_layer" in spec.sites else ("attention_layer" if layer else "residual_norm")
         expected[fused_by] = tiny.config(family)["num_hidden_layers"]
+    if patterns is None and gpu_backend() == "cuda":  # patch()'s own choice: its CUDA defaults for the family
+        if "attention_layer" in spec.on_cuda:
+            expected["attention_layer"] = tiny.config(family)["num_hidden_layers"]
+        if "quantized_linear" in spec.on_cuda:
+            expected["quantized_linear"] = _four_bit(model)
     result = patch(model, verbose=False, patterns=patterns, **MODES[mode])
     try:
         assert result.counts == expected
@@ -156,6 +183,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
             assert calls["qkv_rope"] > 0, f"{family}: norm, q/k/v and RoPE were not one launch"
         if mode == "qkv":
             assert calls["qkv_norm_rope"] > 0, f"{family}: the q/k/v projections were not fused"
+        if mode == "quantized_linear" and expected["quantized_linear"]:
+            assert calls["qmv"] > 0, f"{family}: no projection ran zk.qmv's kernel"
         if mode == "conv_proj":
             assert calls["short_conv_proj"] > 0, f"{family}: the conv in_proj was not fused"
     finally:

@@ -17,9 +17,9 @@ from .ops.conv import short_conv, short_conv_proj  # noqa: E402
 from .ops.moe_experts import dense_gate_up, moe_down_combine, moe_gate_up  # noqa: E402
 from .ops.norm_router import add_norm_router  # noqa: E402
 from .ops.norms import add_rms_norm  # noqa: E402
-from .ops.qmv import qmv  # noqa: E402
 from .ops.qkv import qkv_norm_rope  # noqa: E402
 from .ops.qkv_rope import qkv_rope  # noqa: E402
+from .ops.qmv import qmv  # noqa: E402
 from .ops.router import quantized_router  # noqa: E402
 from .ops.routing import grouped_sigmoid_topk, sigmoid_topk, softmax_topk, topk_softmax  # noqa: E402
 

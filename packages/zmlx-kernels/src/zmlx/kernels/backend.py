@@ -11,8 +11,8 @@ import functools
 import hashlib
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import mlx.core as mx

@@ -21,7 +21,7 @@ import mlx.nn as nn
 # (original class, pattern name, max_fused_tokens, site, compiled) -> patched subclass; one class per combination so
 # unpatching is a __class__ assignment (plus dropping the compiled function, the one per-instance attribute).
 _CLASSES: dict[tuple[type, str, int, Any, bool], type] = {}
-_COMPILED = "_zmlx_compiled"
+COMPILED = _COMPILED = "_zmlx_compiled"
 _SUSPENDED = "_zmlx_suspended"  # the patched class of a module that core.suspended gave its original class for now
 
 FusedFn = Callable[..., Any]

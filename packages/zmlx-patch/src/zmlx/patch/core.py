@@ -88,6 +88,10 @@ def _select(family: FamilySpec, patterns: list[str] | None, exclude: list[str], 
         if family.slow_on_cuda and not result.fuse_projections and on_cuda:
             chosen = [p for p in chosen if p not in family.slow_on_cuda]
             result.not_applied.update({p: f"slower on CUDA: {r}" for p, r in family.slow_on_cuda.items()})
+        if on_cuda:  # opt-ins measured faster on CUDA for this family
+            chosen += [p for p in family.on_cuda if p not in chosen and p not in family.excluded]
+            for p in family.on_cuda:
+                result.not_applied.pop(p, None)
     else:
         chosen = list(dict.fromkeys(patterns))
         for p in chosen:

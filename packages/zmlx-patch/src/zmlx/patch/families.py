@@ -156,6 +156,16 @@ class ConvLayerSite:
     trace_attention: bool = False
 
 
+@dataclass(frozen=True)
+class LinearSite:
+    """A quantized linear layer anywhere in the model (``mlx.nn``'s class, not a family's): ``x @ W.T (+ b)``."""
+
+    block: str = "mlx.nn:QuantizedLinear"
+
+
+LINEAR = LinearSite()
+
+
 def resolve_class(block: str) -> type | None:
     """``"mlx_lm.models.llama:MLP"`` -> the class, or None if this mlx-lm lacks it."""
     module_name, _, qualname = block.partition(":")

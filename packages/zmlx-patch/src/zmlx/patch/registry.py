@@ -15,20 +15,22 @@ from .families import (
     CONV_LAYER,
     DENSE,
     LAYER,
+    LINEAR,
     MOE,
     RESIDUAL,
     AttentionSite,
     ConvLayerSite,
     DenseSite,
     LayerSite,
+    LinearSite,
     MoeSite,
     ResidualSite,
 )
 
-Site = DenseSite | MoeSite | ResidualSite | AttentionSite | ConvLayerSite | LayerSite
+Site = DenseSite | MoeSite | ResidualSite | AttentionSite | ConvLayerSite | LayerSite | LinearSite
 
 PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer", "attention_layer",
-                             "residual_norm")
+                             "residual_norm", "quantized_linear")
 # conv_layer (LFM2 only): bit-exact on the H100 and faster there: lfm2-8b-a1b defaults x1.98, x1.56, x1.48 with it on
 # three hosts (capsules/20261127_h100_lfm2-8b-a1b_{conv-layer_2ae1cc8,defaults_b583d2f,conv-fold_4664f0c}.json;
 # in-process A/B x1.60 against x1.31 without it)
@@ -40,6 +42,10 @@ DEFAULT_PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_n
 # the layer's two traced graphs have not run on a GPU, so it waits for a GPU run and a decode A/B.
 ATTENTION_LAYER_OPT_IN = ("opt-in: not yet run on a GPU (the decoder layer's decode step traced around the KV-cache "
                           "update and SDPA; docs/perf-notes.md v8e)")
+
+QUANTIZED_LINEAR_OPT_IN = ("opt-in: bit-identical on the H100 and 1.6-2x less device time per projection, but each call "
+                           "is a custom-kernel launch; llama-3-8b decode x1.27 with attention_layer tracing the layers "
+                           "(in-process A/B, docs/perf-notes.md v9), not yet a capsule")
 
 RESIDUAL_NORM_OPT_IN = ("opt-in: bit-exact on CUDA but no decode gain measured (in-process A/B x0.92-1.03 alone, "
                         "slower beside the other patterns; docs/perf-notes.md)")
@@ -58,6 +64,8 @@ class FamilySpec:
     slow_on_cuda: dict[str, str] = field(default_factory=dict)
     # why patch(fuse_projections=None) fuses the projections on CUDA for this family ("": it does not)
     fuse_on_cuda: str = ""
+    # opt-in pattern -> why patch() applies it by default on CUDA for this family (the measurement that says so)
+    on_cuda: dict[str, str] = field(default_factory=dict)
 
     def default_patterns(self) -> list[str]:
         return [p for p in DEFAULT_PATTERNS if p in self.sites and p not in self.excluded and p not in self.opt_in]
@@ -85,6 +93,17 @@ FUSE_ON_CUDA: dict[str, str] = {
     "gpt_oss": "decode with moe_mlp x1.23 [1.09, 1.48] on a slower host, x0.99 [0.82, 1.24] (within noise) on a faster "
                "one: capsules/20261126_h100_gpt-oss-20b_moe-fuse_56a7570.json, "
                "capsules/20261127_h100_lfm2-8b-a1b_gpt-oss-20b_defaults_7dd59bb.json",
+}
+
+
+# Opt-in patterns that patch() applies by default on CUDA, per family, each with its measurement: every 4-bit projection
+# through zk.qmv (1.6-2x less device time, bit-identical) inside decoder layers traced by attention_layer, so the
+# projections' launches cost no Python per step
+ON_CUDA: dict[str, dict[str, str]] = {
+    "llama": {"attention_layer": "with quantized_linear: llama-3-8b decode x1.27 (in-process A/B, docs/perf-notes.md v9)",
+              "quantized_linear": "with attention_layer: llama-3-8b decode x1.27 (in-process A/B, docs/perf-notes.md v9)"},
+    "qwen3_moe": {"attention_layer": "with quantized_linear: qwen3-30b-a3b decode x1.44 (in-process A/B, perf-notes v9)",
+                  "quantized_linear": "with attention_layer: qwen3-30b-a3b decode x1.44 (in-process A/B, perf-notes v9)"},
 }
 
 
@@ -117,8 +136,11 @@ def _family(model_type: str, sites_from: str | None = None, aliases: tuple[str, 
     if key in RESIDUAL:
         sites["residual_norm"] = RESIDUAL[key]
         opt_in["residual_norm"] = RESIDUAL_NORM_OPT_IN
+    sites["quantized_linear"] = (LINEAR,)  # any family: the class is mlx.nn's
+    opt_in["quantized_linear"] = QUANTIZED_LINEAR_OPT_IN
     return FamilySpec(model_type, sites, opt_in=opt_in, aliases=aliases,
-                      slow_on_cuda=SLOW_ON_CUDA.get(model_type, {}), fuse_on_cuda=FUSE_ON_CUDA.get(model_type, ""))
+                      slow_on_cuda=SLOW_ON_CUDA.get(model_type, {}), fuse_on_cuda=FUSE_ON_CUDA.get(model_type, ""),
+                      on_cuda={p: r for p, r in ON_CUDA.get(model_type, {}).items() if p in sites})
 
 
 FAMILIES: dict[str, FamilySpec] = {

@@ -8,7 +8,16 @@ from typing import Any
 
 import mlx.nn as nn
 
-from . import attention_layer, conv_layer, geglu_mlp, moe_mlp, qk_norm_rope, residual_norm, swiglu_mlp
+from . import (
+    attention_layer,
+    conv_layer,
+    geglu_mlp,
+    moe_mlp,
+    qk_norm_rope,
+    quantized_linear,
+    residual_norm,
+    swiglu_mlp,
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,9 @@ PATTERNS: dict[str, Pattern] = {
                 compilable=lambda site: False, applies=conv_layer.applies),
         # traces itself in two graphs around the KV-cache update and SDPA when compile_blocks is on
         Pattern("attention_layer", attention_layer.check, attention_layer.fused, attention_layer.SUMMARY,
+                compilable=lambda site: False),
+        # a single projection: nothing to trace; inside a traced layer it is traced with the layer
+        Pattern("quantized_linear", quantized_linear.check, quantized_linear.fused, quantized_linear.SUMMARY,
                 compilable=lambda site: False),
         Pattern("residual_norm", residual_norm.check, residual_norm.fused, residual_norm.SUMMARY,
                 compilable=lambda site: False),

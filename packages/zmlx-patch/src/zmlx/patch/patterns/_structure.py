@@ -27,7 +27,9 @@ def missing_modules(module: nn.Module, names: tuple[str, ...]) -> str | None:
 def affine_quantized(module: Any, *, bias: bool = False) -> tuple[Any, Any, Any] | None:
     """``(weight, scales, biases)`` of an affine-quantized ``nn.QuantizedLinear`` (that exact class: a subclass may
     compute something else in ``__call__``), else None; with a linear bias (``"bias"``) only when ``bias`` allows it."""
-    if type(module) is not nn.QuantizedLinear or module.mode != "affine" or module.get("biases") is None:
+    # a QuantizedLinear the quantized_linear pattern swapped computes the same: its original class counts
+    cls = type(module).__dict__.get("_zmlx_original", type(module))
+    if cls is not nn.QuantizedLinear or module.mode != "affine" or module.get("biases") is None:
         return None
     if not bias and "bias" in module:
         return None

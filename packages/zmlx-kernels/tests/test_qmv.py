@@ -1,0 +1,71 @@
+"""zk.qmv and QmvPlan: QuantizedLinear's own result on every device (the CPU runs the reference), which inputs the
+CUDA kernel takes, and the CUDA source shortening that #includes kernel text from content-named files."""
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from zmlx import kernels as zk
+from zmlx.kernels import backend
+from zmlx.kernels.emit import emit
+from zmlx.kernels.ops import qmv as Q
+
+
+@pytest.mark.parametrize("n,k,gs,rows,bias", Q.CASES)
+def test_qmv_is_quantized_linear(n, k, gs, rows, bias):
+    x, q, b = Q.make_case(n, k, gs, rows, bias, mx.random.key(n + k))
+    lin = nn.QuantizedLinear(k, n, bias=bias, group_size=gs, bits=4)
+    lin.weight, lin.scales, lin.biases = q
+    if bias:
+        lin.bias = b
+    want = lin(x)
+    assert mx.array_equal(zk.qmv(x, q, group_size=gs, bits=4, bias=b), want).item()
+    assert mx.array_equal(Q.QmvPlan(q, group_size=gs, bits=4, bias=b)(x), want).item()
+
+
+def test_reference_against_float64():
+    checks = Q.reference_checks(seed=2)
+    assert len(checks) == 3 and all(c.passed for c in checks), checks
+
+
+def test_kernel_takes_only_what_it_reproduces():
+    x, q, b = Q.make_case(33, 1152, 128, 3, True, mx.random.key(0))
+    assert Q.fits(x, q, 128, 4, b)
+    assert not Q.fits(x.astype(mx.float16), q, 128, 4, b)  # MLX's fp16 qmv is another instantiation
+    assert not Q.fits(mx.concatenate([x, x, x]), q, 128, 4, b)  # 9 rows: MLX leaves qmv at 8
+    assert not Q.fits(x, q, 128, 4, b.astype(mx.float32))
+    q8 = mx.quantize(mx.random.normal((33, 1152)).astype(mx.bfloat16), group_size=128, bits=8)
+    assert not Q.fits(x, q8, 128, 8)
+    assert Q.geometry(4096) == (1, 4) and Q.geometry(151936) == (4, 4)
+
+
+def test_every_launch_shape_has_a_check_case():
+    variants = {c.variant for c in Q.check_cases(seed=0)}
+    assert len(variants) == 3 * len(Q.CASES) and all(c.exact for c in Q.check_cases(seed=0))
+
+
+def test_cuda_source_by_include_names_the_shape_parameters(tmp_path, monkeypatch):
+    monkeypatch.setattr(backend, "_include_dir", lambda: tmp_path)
+    src = emit(Q.SPEC, "cuda")
+    source, header = backend.by_include(Q.SPEC, src)
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 2 and {f.read_text() for f in files} == {src.source, src.header}
+    assert all(str(f) in source + header for f in files)
+    # MLX passes <input>_shape/_ndim only when the source it is given names them
+    for name in ("w_shape", "w_ndim"):
+        assert name in src.source and name in source
+    assert "x_shape" not in source and len(source) + len(header) < 400 < len(src.source) + len(src.header)
+    assert backend.by_include(Q.SPEC, src) == (source, header)  # same text, same files, rewritten never
+
+
+def test_cuda_source_stays_inline_without_a_writable_directory(monkeypatch):
+    monkeypatch.setattr(backend, "_include_dir", lambda: None)
+    assert backend.by_include(Q.SPEC, emit(Q.SPEC, "cuda")) is None
+
+
+def test_qmv_on_float_inputs_is_the_reference():
+    x = mx.random.normal((1, 128), key=mx.random.key(3))
+    q = mx.quantize(mx.random.normal((64, 128), key=mx.random.key(4)), group_size=64, bits=4)
+    got = zk.qmv(x, q, group_size=64, bits=4)
+    want = mx.quantized_matmul(x, *q, transpose=True, group_size=64, bits=4)
+    assert np.array_equal(np.array(got), np.array(want))

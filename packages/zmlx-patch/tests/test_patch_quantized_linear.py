@@ -1,0 +1,66 @@
+"""The quantized_linear pattern (opt-in): every affine 4-bit QuantizedLinear swapped, decode unchanged bit for bit
+(on the CPU the plan runs MLX's quantized_matmul; the kernel's identity is test_kernels_gpu.py's and
+test_patch_gpu.py's), weights replaced after patching are seen, unpatch restores the classes, patching twice is a
+no-op, and the other fusions still see the projections as QuantizedLinear."""
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+import zmlx_patch_tiny as tiny
+from mlx_lm.models.cache import make_prompt_cache
+from zmlx.patch import patch, unpatch
+from zmlx.patch.patterns._structure import affine_quantized
+
+
+def _decode(model, seq, prefill=5):
+    cache = make_prompt_cache(model)
+    out = [model(seq[:, :prefill], cache=cache)]
+    out += [model(seq[:, i : i + 1], cache=cache) for i in range(prefill, seq.shape[1])]
+    mx.eval(out)
+    return out
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3_moe", "gpt_oss", "lfm2"])
+def test_every_4bit_projection_swapped_and_exact(family):
+    model = tiny.build(family, quantized=True, seed=5)
+    seq = tiny.tokens(12, seed=2)
+    want = _decode(model, seq)
+    four_bit = [p for p, m in model.named_modules() if type(m) is nn.QuantizedLinear and m.bits == 4]
+    other = [p for p, m in model.named_modules() if type(m) is nn.QuantizedLinear and m.bits != 4]
+    result = patch(model, patterns=["quantized_linear"], verbose=False)
+    assert result.counts == {"quantized_linear": len(four_bit)} and len(four_bit) > 0
+    assert sorted(p for p, r in result.skipped if r.startswith("quantized_linear")) == sorted(other)
+    got = _decode(model, seq)
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    assert patch(model, patterns=["quantized_linear"], verbose=False).total == 0  # idempotent
+    assert unpatch(model) == len(four_bit)
+    assert all(type(m) is nn.QuantizedLinear for p, m in model.named_modules() if p in four_bit)
+    assert not any("_zmlx_compiled" in m.__dict__ for _, m in model.named_modules())
+
+
+def test_sees_replaced_weights():
+    tiny.check_sees_weight_update(tiny.build("llama", quantized=True, seed=1), "self_attn.o_proj",
+                                  patterns=["quantized_linear"])
+
+
+def test_other_fusions_still_see_a_quantized_linear():
+    model = tiny.build("llama", quantized=True, seed=1)
+    proj = model.model.layers[0].self_attn.q_proj
+    before = affine_quantized(proj)
+    patch(model, patterns=["quantized_linear"], verbose=False)
+    assert type(proj) is not nn.QuantizedLinear and affine_quantized(proj) == before
+    unpatch(model)
+
+
+def test_off_by_default_and_stacks_with_the_layer_patterns():
+    model = tiny.build("qwen3", quantized=True, seed=7)
+    assert "quantized_linear" not in patch(model, verbose=False).counts
+    unpatch(model)
+    seq = tiny.tokens(10, seed=3)
+    want = _decode(model, seq)
+    result = patch(model, patterns=["qk_norm_rope", "swiglu_mlp", "attention_layer", "quantized_linear"],
+                   verbose=False, fuse_qkv=True)
+    assert result.counts["quantized_linear"] > 0 and result.counts["attention_layer"] > 0
+    got = _decode(model, seq)
+    unpatch(model)
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))

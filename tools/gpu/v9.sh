@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# v9 on the lent GPU (after the two-step install; later calls on the warm host need only the `source`):
+#   bash tools/gpu/v9.sh tests [MODEL...]   # every kernel check (CUDA sources now #included) and the patch modes
+#     default + quantized_linear on every tiny family; builds the named synthetic checkpoints meanwhile
+#   bash tools/gpu/v9.sh ab MODEL CONFIG...  # in-process interleaved A/B (ab_decode.py), 3 rounds of 128 tokens
+#   bash tools/gpu/v9.sh capsule MODEL TAG [zmlx-bench run flags]  # 500 tokens x 5 runs -> $OUT/MODEL_TAG.json
+set -uo pipefail
+OUT=${OUT:-/tmp/zmlx-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MLX_CUDA_USE_CUDNN_SDPA=0
+PT=(python3 -m pytest -m gpu -q -p no:cacheprovider -rfE)
+case "${1:-}" in
+  tests)
+    shift
+    for m in "$@"; do
+      ( timeout 500 python3 -c "import sys; from zmlx.validate import load_model; load_model(sys.argv[1], \
+        cache_dir='/tmp/zmlx-synth')" "synthetic:$m" > "$OUT/build-$m.log" 2>&1; echo "built $m: exit $?" ) &
+    done
+    ( timeout 500 "${PT[@]}" packages/zmlx-kernels/tests/test_kernels_gpu.py > "$OUT/k.log" 2>&1 ) &
+    ( timeout 500 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "quantized_linear or default" \
+      > "$OUT/p.log" 2>&1 ) &
+    wait
+    for f in k p; do echo "== $f: $(tail -1 "$OUT/$f.log")"; grep -E "^FAILED|^ERROR" "$OUT/$f.log" | head -8; done
+    ;;
+  ab)
+    m=synthetic:$2; shift 2
+    timeout 560 python3 tools/gpu/ab_decode.py "$m" --configs "$@" --rounds 3 2>&1 | tail -$(( $# + 1 ))
+    ;;
+  capsule)
+    m=$2; tag=$3; shift 3
+    timeout 560 python3 -m zmlx.bench run "synthetic:$m" --runs 5 --max-tokens 500 --prompt-tokens 512 --warmup 1 \
+      --cache-dir /tmp/zmlx-synth --quiet --note "zmlx $(cat .zmlx-commit 2>/dev/null) $tag $*" "$@" \
+      --out "$OUT/${m}_${tag}.json" 2>&1 | grep -v "incorrect regex pattern" | tail -2
+    python3 -m zmlx.bench report "$OUT/${m}_${tag}.json" 2>&1 | grep -E "^synthetic:" | head -2
+    ;;
+  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]" >&2; exit 2 ;;
+esac
