@@ -73,4 +73,5 @@ template <typename To, typename From> To as_type(From f) {
   return t;
 }
 struct uint4 { uint x, y, z, w; };
+struct uint2 { uint x, y; };
 inline void simdgroup_barrier(int) {}

@@ -43,9 +43,9 @@ DEFAULT_PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_n
 ATTENTION_LAYER_OPT_IN = ("opt-in: not yet run on a GPU (the decoder layer's decode step traced around the KV-cache "
                           "update and SDPA; docs/perf-notes.md v8e)")
 
-QUANTIZED_LINEAR_OPT_IN = ("opt-in: bit-identical on the H100 and 1.6-2x less device time per projection, but each call "
-                           "is a custom-kernel launch; llama-3-8b decode x1.27 with attention_layer tracing the layers "
-                           "(in-process A/B, docs/perf-notes.md v9), not yet a capsule")
+QUANTIZED_LINEAR_OPT_IN = ("opt-in: bit-identical on the H100 with 1.6-2x less device time a projection; a default on CUDA "
+                           "only where a capsule measured it (registry.ON_CUDA: llama, qwen3_moe), as each call is a "
+                           "custom-kernel launch (docs/perf-notes.md v9)")
 
 RESIDUAL_NORM_OPT_IN = ("opt-in: bit-exact on CUDA but no decode gain measured (in-process A/B x0.92-1.03 alone, "
                         "slower beside the other patterns; docs/perf-notes.md)")
@@ -100,10 +100,14 @@ FUSE_ON_CUDA: dict[str, str] = {
 # through zk.qmv (1.6-2x less device time, bit-identical) inside decoder layers traced by attention_layer, so the
 # projections' launches cost no Python per step
 ON_CUDA: dict[str, dict[str, str]] = {
-    "llama": {"attention_layer": "with quantized_linear: llama-3-8b decode x1.27 (in-process A/B, docs/perf-notes.md v9)",
-              "quantized_linear": "with attention_layer: llama-3-8b decode x1.27 (in-process A/B, docs/perf-notes.md v9)"},
-    "qwen3_moe": {"attention_layer": "with quantized_linear: qwen3-30b-a3b decode x1.44 (in-process A/B, perf-notes v9)",
-                  "quantized_linear": "with attention_layer: qwen3-30b-a3b decode x1.44 (in-process A/B, perf-notes v9)"},
+    "llama": dict.fromkeys(("attention_layer", "quantized_linear"),
+        "with both: llama-3-8b decode x1.021 [0.795, 1.262] and x1.185 [0.938, 1.374] (4/5 pairs), within noise, "
+        "capsules/20261127_h100_llama-3-8b_defaults-v9_7734bd2.json, "
+        "capsules/20261127_h100_llama-3-8b_defaults-v9-2_7734bd2.json; in-process A/B x1.27 "
+        "against the previous defaults' x1.03 (docs/perf-notes.md v9)"),
+    "qwen3_moe": dict.fromkeys(("attention_layer", "quantized_linear"),
+        "with both: qwen3-30b-a3b decode x1.225 [1.055, 1.862], faster, 5/5 pairs, "
+        "capsules/20261127_h100_qwen3-30b-a3b_defaults-v9_7734bd2.json; in-process A/B x1.44 against x1.30 (perf-notes v9)"),
 }
 
 
