@@ -41,7 +41,24 @@ def test_kernel_takes_only_what_it_reproduces():
 
 def test_every_launch_shape_has_a_check_case():
     variants = {c.variant for c in Q.check_cases(seed=0)}
-    assert len(variants) == 3 * len(Q.CASES) and all(c.exact for c in Q.check_cases(seed=0))
+    assert len(variants) == 3 * len(Q.CASES) + len(Q.MANY_CASES) and all(c.exact for c in Q.check_cases(seed=0))
+
+
+@pytest.mark.parametrize("ns,k,gs,rows,bias", Q.MANY_CASES)
+def test_qmv_many_is_one_qmv_per_matrix(ns, k, gs, rows, bias):
+    x = Q.make_case(ns[0], k, gs, rows, False, mx.random.key(k))[0]
+    ws, bs = zip(*(Q.make_case(n, k, gs, rows, bias, mx.random.key(k + j))[1:] for j, n in enumerate(ns)),
+                 strict=True)
+    want = [zk.qmv(x, w, group_size=gs, bits=4, bias=b) for w, b in zip(ws, bs, strict=True)]
+    for got in (zk.qmv_many(x, ws, group_size=gs, bits=4, biases=bs),
+                Q.QmvManyPlan(ws, group_size=gs, bits=4, biases=bs)(x)):
+        assert len(got) == len(ns) and all(mx.array_equal(g, w).item() for g, w in zip(got, want, strict=True))
+
+
+def test_qmv_many_rejects_mismatched_biases():
+    x, q, b = Q.make_case(31, 576, 64, 1, True, mx.random.key(0))
+    with pytest.raises(ValueError, match="2 matrices but 1 biases"):
+        zk.qmv_many(x, (q, q), group_size=64, bits=4, biases=(b,))
 
 
 def test_cuda_source_by_include_names_the_shape_parameters(tmp_path, monkeypatch):

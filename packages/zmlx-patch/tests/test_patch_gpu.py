@@ -23,7 +23,7 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 from zmlx.kernels.backend import gpu_backend
-from zmlx.kernels.ops.qmv import QmvPlan
+from zmlx.kernels.ops.qmv import QmvManyPlan, QmvPlan
 from zmlx.kernels.ops.router import VARIANTS as ROUTER_VARIANTS
 from zmlx.patch import patch, unpatch
 from zmlx.patch.registry import FAMILIES
@@ -79,6 +79,14 @@ def _count_kernel_calls(monkeypatch) -> dict[str, int]:
         return real(self, x)
 
     monkeypatch.setattr(QmvPlan, "__call__", spy)
+    counts["qmv_many"] = 0
+    real_many = QmvManyPlan.__call__
+
+    def spy_many(self, x):  # q/k/v or gate/up of quantized_linear's projections in one launch
+        counts["qmv_many"] += self.kernel is not None and x.dtype == mx.bfloat16 and x.size < 8 * self.k
+        return real_many(self, x)
+
+    monkeypatch.setattr(QmvManyPlan, "__call__", spy_many)
     return counts
 
 
@@ -185,6 +193,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
             assert calls["qkv_norm_rope"] > 0, f"{family}: the q/k/v projections were not fused"
         if mode == "quantized_linear" and expected["quantized_linear"]:
             assert calls["qmv"] > 0, f"{family}: no projection ran zk.qmv's kernel"
+            if "attention_layer" in spec.sites or "qk_norm_rope" in spec.sites:
+                assert calls["qmv_many"] > 0, f"{family}: q/k/v did not run as one zk.qmv_many launch"
         if mode == "conv_proj":
             assert calls["short_conv_proj"] > 0, f"{family}: the conv in_proj was not fused"
     finally:

@@ -64,3 +64,29 @@ def test_off_by_default_and_stacks_with_the_layer_patterns():
     got = _decode(model, seq)
     unpatch(model)
     assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_qkv_and_gate_up_go_through_one_plan(family, monkeypatch):
+    """Under quantized_linear, attention's q/k/v (and a SwiGLU MLP's gate/up) are projected by one QmvManyPlan
+    (one zk.qmv_many launch on CUDA); the decode is unchanged; a projection left unpatched keeps its own call."""
+    from zmlx.kernels.ops.qmv import QmvManyPlan
+
+    model = tiny.build(family, quantized=True, seed=2)
+    seq = tiny.tokens(9, seed=4)
+    want = _decode(model, seq)
+    widths = []
+    real = QmvManyPlan.__call__
+    monkeypatch.setattr(QmvManyPlan, "__call__", lambda self, x: widths.append(len(self.n)) or real(self, x))
+    patch(model, patterns=["qk_norm_rope", "swiglu_mlp", "quantized_linear"], verbose=False)
+    got = _decode(model, seq)
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    # qwen3's attention is qk_norm_rope's: q/k/v in one plan; llama's attention is patched only by attention_layer
+    assert (widths.count(3) > 0) == (family == "qwen3")
+    assert widths.count(2) > 0  # gate/up of every swiglu_mlp call
+    unpatch(model)
+    widths.clear()
+    patch(model, patterns=["qk_norm_rope", "swiglu_mlp"], verbose=False)  # projections unpatched: no plan
+    _decode(model, seq)
+    unpatch(model)
+    assert widths == []

@@ -19,7 +19,7 @@ from .ops.norm_router import add_norm_router  # noqa: E402
 from .ops.norms import add_rms_norm  # noqa: E402
 from .ops.qkv import qkv_norm_rope  # noqa: E402
 from .ops.qkv_rope import qkv_rope  # noqa: E402
-from .ops.qmv import qmv  # noqa: E402
+from .ops.qmv import qmv, qmv_many  # noqa: E402
 from .ops.router import quantized_router  # noqa: E402
 from .ops.routing import grouped_sigmoid_topk, sigmoid_topk, softmax_topk, topk_softmax  # noqa: E402
 
@@ -40,6 +40,7 @@ __all__ = [
     "moe_gate_up",
     "qk_norm_rope",
     "qmv",
+    "qmv_many",
     "qkv_norm_rope",
     "qkv_rope",
     "quantized_router",

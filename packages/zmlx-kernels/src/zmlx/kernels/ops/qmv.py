@@ -24,15 +24,38 @@ from ..emit import KernelSpec, Param
 from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64
 from .moe_experts import Quant, mlx_numerics
 
-_BODY = """\
-  // w: (N, K/8) uint32 codes; s, b: (N, K/QGS); x: (M, K); out: (M, N). Warp = R consecutive rows of token zm_bid_y.
+# One matrix: w (N, K/8) uint32 codes; s, b (N, K/QGS); x (M, K); out (M, N). A warp = R consecutive rows.
+_ONE = """\
   const int KW = w_shape[w_ndim - 1];
-  const int K = KW * 8;
   const int N = w_shape[w_ndim - 2];
-  const int G = K / QGS;
-  const int lane = int(zm_lane);
   const int row0 = (int(zm_bid) * int(zm_bdim / 32u) + int(zm_warp)) * R;
   if (row0 >= N) return;
+  ZM_DEVICE const uint32_t* wq = w;
+  ZM_DEVICE const T* sq = s;
+  ZM_DEVICE const T* bq = b;
+  ZM_DEVICE const T* biasq = bias;
+  ZM_DEVICE T* outq = out;
+"""
+# Two or three matrices of one width (q/k/v, gate/up) in one launch: the rows of w0, then w1, then w2, one a warp
+# (R = 1), each row's arithmetic the single-matrix kernel's
+_MANY = """\
+  const int KW = w0_shape[w0_ndim - 1];
+  const int N0 = w0_shape[w0_ndim - 2], N1 = w1_shape[w1_ndim - 2], N2 = NM > 2 ? w2_shape[w2_ndim - 2] : 0;
+  int row0 = int(zm_bid) * int(zm_bdim / 32u) + int(zm_warp);
+  if (row0 >= N0 + N1 + N2) return;
+  const int which = row0 < N0 ? 0 : (row0 < N0 + N1 ? 1 : 2);
+  row0 -= which == 0 ? 0 : (which == 1 ? N0 : N0 + N1);
+  const int N = which == 0 ? N0 : (which == 1 ? N1 : N2);
+  ZM_DEVICE const uint32_t* wq = which == 0 ? w0 : (which == 1 ? w1 : w2);
+  ZM_DEVICE const T* sq = which == 0 ? s0 : (which == 1 ? s1 : s2);
+  ZM_DEVICE const T* bq = which == 0 ? b0 : (which == 1 ? b1 : b2);
+  ZM_DEVICE const T* biasq = which == 0 ? bias0 : (which == 1 ? bias1 : bias2);
+  ZM_DEVICE T* outq = which == 0 ? out0 : (which == 1 ? out1 : out2);
+"""
+_CORE = """\
+  const int K = KW * 8;
+  const int G = K / QGS;
+  const int lane = int(zm_lane);
   const int m = int(zm_bid_y);
   ZM_DEVICE const T* xr = x + size_t(m) * size_t(K);
   // acc[r][4j + s]: packed bf16 accumulators of the lane's codes (8j + s, 8j + s + 4) of each step's 16
@@ -54,9 +77,9 @@ _BODY = """\
     T sv[R], bv[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      wv[r] = zm_load8(w + wrow[r] + size_t(k0 / 8));
-      sv[r] = s[grow[r] + size_t(k0 / QGS)];
-      bv[r] = b[grow[r] + size_t(k0 / QGS)];
+      wv[r] = zm_load8(wq + wrow[r] + size_t(k0 / 8));
+      sv[r] = sq[grow[r] + size_t(k0 / QGS)];
+      bv[r] = bq[grow[r] + size_t(k0 / QGS)];
     }
     // x pairs (x[8j + s], x[8j + s + 4]) matching the code pairs below
     uint32_t xp[8];
@@ -91,8 +114,8 @@ _BODY = """\
     for (int o = 16; o > 0; o /= 2) tot = zm_fadd(tot, zm_shfl_xor(tot, o));
     if (lane == 0 && row0 + r < N) {
       T g = T(tot);
-      if (HAS_BIAS) g = zm_add_rn(g, bias[row0 + r]);
-      out[size_t(m) * size_t(N) + size_t(row0 + r)] = g;
+      if (HAS_BIAS) g = zm_add_rn(g, biasq[row0 + r]);
+      outq[size_t(m) * size_t(N) + size_t(row0 + r)] = g;
     }
   }
 """
@@ -101,8 +124,16 @@ SPEC = KernelSpec(
     name="qmv",
     inputs=(Param("x"), Param("w", "uint32_t"), Param("s"), Param("b"), Param("bias")),
     outputs=(Param("out"),),
-    body=_BODY,
+    body=_ONE + _CORE,
     templates=(("T", "float"), ("QGS", 64), ("R", 2), ("U", 4), ("HAS_BIAS", False)),
+)
+SPEC_MANY = KernelSpec(
+    name="qmv_many",
+    inputs=(Param("x"), *(Param(f"{a}{i}", "uint32_t" if a == "w" else "T") for i in range(3)
+                          for a in ("w", "s", "b", "bias"))),
+    outputs=tuple(Param(f"out{i}") for i in range(3)),
+    body=_MANY + _CORE,
+    templates=(("T", "float"), ("QGS", 64), ("R", 1), ("U", 4), ("HAS_BIAS", False), ("NM", 3)),
 )
 
 # 4 warps a block. One row a warp beat 2 and 4 at every projection size (more warps in flight); 4 rows a warp only at
@@ -161,10 +192,11 @@ class QmvPlan:
     H100 host, 2026-11-27). A call checks only what can change per call (x's dtype, width and rows, the device)."""
 
     __slots__ = ("weight", "w", "bias", "group_size", "bits", "n", "k", "kernel", "inputs", "template", "grid",
-                 "threadgroup")
+                 "threadgroup", "group")
 
     def __init__(self, w: Quant, *, group_size: int, bits: int, bias: mx.array | None = None):
         self.weight, self.w, self.bias, self.group_size, self.bits = w[0], w, bias, group_size, bits
+        self.group = None  # a QmvManyPlan this matrix leads (zmlx-patch's project()), kept with it
         self.n, self.k = w[0].shape[0], (w[0].shape[-1] * 32 // bits if w[0].ndim == 2 else -1)
         probe = mx.zeros((1, self.k if self.k > 0 else 1), dtype=mx.bfloat16)
         self.kernel = None
@@ -188,8 +220,76 @@ class QmvPlan:
                            template=self.template)[0]
 
 
+def qmv_many(x: mx.array, ws: tuple[Quant, ...], *, group_size: int, bits: int,
+             biases: tuple[mx.array | None, ...] | None = None, stream: mx.Stream | None = None) -> tuple[mx.array, ...]:
+    """``tuple(qmv(x, w) for w in ws)`` for two or three matrices of one width (q/k/v, gate/up): one launch on
+    CUDA at decode, each row computed exactly as ``qmv`` computes it."""
+    biases = biases if biases is not None else (None,) * len(ws)
+    if len(biases) != len(ws):
+        raise ValueError(f"qmv_many: {len(ws)} matrices but {len(biases)} biases")
+    if (target_for(stream) != "cuda" or len(ws) not in (2, 3) or len({b is None for b in biases}) != 1
+            or not all(fits(x, w, group_size, bits, b) for w, b in zip(ws, biases, strict=True))):
+        return tuple(qmv(x, w, group_size=group_size, bits=bits, bias=b, stream=stream)
+                     for w, b in zip(ws, biases, strict=True))
+    return _launch_many(x, ws, biases, group_size, stream)
+
+
+def _many_args(ws, biases, group_size):
+    """The launch's inputs after x, template, and its rows: a missing third matrix repeats the second."""
+    full = list(zip(ws, biases, strict=True)) + [(ws[-1], biases[-1])] * (3 - len(ws))
+    inputs = [a for w, b in full for a in (*w, b if b is not None else w[1])]
+    template = [("T", mx.bfloat16), ("QGS", group_size), ("R", 1), ("U", 4), ("HAS_BIAS", biases[0] is not None),
+                ("NM", len(ws))]
+    return inputs, template, sum(w[0].shape[0] for w in ws)
+
+
+def _launch_many(x, ws, biases, group_size, stream):
+    inputs, template, rows = _many_args(ws, biases, group_size)
+    outs = launch(
+        SPEC_MANY, "cuda", inputs=(x, *inputs),
+        output_shapes=[(*x.shape[:-1], w[0].shape[0]) for w in ws] + [(1,)] * (3 - len(ws)),
+        output_dtypes=[x.dtype] * 3, threads=-(-rows // WARPS) * WARPS * 32, threadgroup=WARPS * 32,
+        blocks_y=x.size // x.shape[-1], template=template, stream=stream,
+    )
+    return tuple(outs[: len(ws)])
+
+
+class QmvManyPlan:
+    """``qmv_many`` for fixed matrices, worked out once (as QmvPlan)."""
+
+    __slots__ = ("arrays", "ws", "biases", "group_size", "bits", "k", "n", "kernel", "inputs", "template", "grid")
+
+    def __init__(self, ws: tuple[Quant, ...], *, group_size: int, bits: int,
+                 biases: tuple[mx.array | None, ...] | None = None):
+        self.ws, self.group_size, self.bits = ws, group_size, bits
+        self.biases = biases if biases is not None else (None,) * len(ws)
+        self.arrays = tuple(a for w in ws for a in w) + self.biases  # what a caller compares to see stale weights
+        self.k = ws[0][0].shape[-1] * 32 // bits if ws[0][0].ndim == 2 else -1
+        self.n = tuple(w[0].shape[0] for w in ws)
+        probe = mx.zeros((1, max(self.k, 1)), dtype=mx.bfloat16)
+        self.kernel = None
+        if (self.k > 0 and len(ws) in (2, 3) and len({b is None for b in self.biases}) == 1
+                and all(fits(probe, w, group_size, bits, b) for w, b in zip(ws, self.biases, strict=True))
+                and target_for(None) == "cuda"):
+            self.kernel = compiled(SPEC_MANY, "cuda")
+            self.inputs, self.template, rows = _many_args(ws, self.biases, group_size)
+            self.grid = -(-rows // WARPS) * WARPS * 32
+
+    def __call__(self, x: mx.array) -> tuple[mx.array, ...]:
+        shape = x.shape
+        if (self.kernel is None or x.dtype != mx.bfloat16 or shape[-1] != self.k or x.size >= 8 * self.k
+                or mx.default_device().type != mx.DeviceType.gpu):
+            return qmv_many(x, self.ws, group_size=self.group_size, bits=self.bits, biases=self.biases)
+        lead = shape[:-1]
+        outs = self.kernel(inputs=[x, *self.inputs],
+                           output_shapes=[(*lead, n) for n in self.n] + [(1,)] * (3 - len(self.n)),
+                           output_dtypes=[mx.bfloat16] * 3, grid=(self.grid, x.size // self.k, 1),
+                           threadgroup=(WARPS * 32, 1, 1), template=self.template)
+        return tuple(outs[: len(self.n)])
+
+
 def kernel_specs():
-    return {"qmv": SPEC}
+    return {"qmv": SPEC, "qmv_many": SPEC_MANY}
 
 
 # --- checks ----------------------------------------------------------------------------------------------------
@@ -228,7 +328,29 @@ def check_cases(seed: int) -> list[CheckCase]:
                 kernel=lambda x=x, q=q, b=b, gs=gs, r=r: [qmv(x, q, group_size=gs, bits=4, bias=b, rows_per_warp=r)],
                 reference=lambda x=x, q=q, b=b, gs=gs: [qmv_reference(x, q, group_size=gs, bits=4, bias=b)],
                 exact=True))
+    # several matrices in one launch: q/k/v of llama's and qwen3's shapes (biased, gpt-oss-like), gate/up, odd sizes
+    for i, (ns, k, gs, rows, bias) in enumerate(MANY_CASES):
+        x, _, _ = make_case(ns[0], k, gs, rows, False, mx.random.key(seed + 100 + i))
+        ws, bs = zip(*(make_case(n, k, gs, rows, bias, mx.random.key(seed + 200 + 3 * i + j))[1:]
+                       for j, n in enumerate(ns)), strict=True)
+        cases.append(CheckCase(
+            "qmv", f"many_{'+'.join(map(str, ns))}x{k}_g{gs}_m{rows}", "bfloat16",
+            kernel=lambda x=x, ws=ws, bs=bs, gs=gs: list(qmv_many(x, ws, group_size=gs, bits=4, biases=bs)),
+            reference=lambda x=x, ws=ws, bs=bs, gs=gs: [qmv_reference(x, w, group_size=gs, bits=4, bias=b)
+                                                          for w, b in zip(ws, bs, strict=True)],
+            exact=True))
     return cases
+
+
+# (rows of each matrix, K, group size, token rows, biases)
+MANY_CASES = (
+    ((4096, 1024, 1024), 4096, 64, 1, False),
+    ((4096, 512, 512), 2048, 64, 1, False),
+    ((4096, 512, 512), 2880, 64, 1, True),
+    ((14336, 14336), 4096, 64, 1, False),
+    ((123, 33, 31), 576, 32, 3, True),
+    ((31, 33), 1152, 128, 7, False),
+)
 
 
 def reference_checks(seed: int) -> list[RefCheck]:
@@ -251,7 +373,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
 OP = OpInfo(
     name="qmv",
     summary="quantized matrix x one token (QuantizedLinear at decode) in MLX's CUDA qmv numerics, more rows in flight",
-    variants=("qmv",),
+    variants=("qmv", "qmv_many"),
     reference="qmv_reference",
     kernel_specs=kernel_specs,
     check_cases=check_cases,

@@ -28,6 +28,7 @@ from .._swap import compiled_fn, original_class
 from ..families import AttentionSite, LayerSite, resolve_class
 from . import _layer, qk_norm_rope
 from ._structure import affine_quantized, missing_modules
+from .quantized_linear import project
 
 # RoPE classes whose __call__ only hands the offset to mx.fast.rope (Llama3RoPE, YarnRoPE: precomputed freqs)
 _ROPES = (nn.RoPE, Llama3RoPE, YarnRoPE)
@@ -76,7 +77,8 @@ def _before(layer: nn.Module, site: LayerSite, x: mx.array, pos: mx.array):
     normed = layer.input_layernorm(x)
     # Llama's attention line for line up to the cache update, the rope's offset an array
     B, L, _ = normed.shape
-    queries, keys, values = attention.q_proj(normed), attention.k_proj(normed), attention.v_proj(normed)
+    # one zk.qmv_many launch where quantized_linear patched all three (else each projection's own call)
+    queries, keys, values = project((attention.q_proj, attention.k_proj, attention.v_proj), normed)
     queries = queries.reshape(B, L, n_heads, -1).transpose(0, 2, 1, 3)
     keys = keys.reshape(B, L, n_kv_heads, -1).transpose(0, 2, 1, 3)
     values = values.reshape(B, L, n_kv_heads, -1).transpose(0, 2, 1, 3)

@@ -21,6 +21,7 @@ from zmlx.kernels.backend import positions
 from .._swap import compiled_fn, original_class
 from ..families import AttentionSite
 from ._structure import affine_quantized, missing_modules
+from .quantized_linear import project
 
 # Whether compile_blocks traces the prologue at one token (tools/gpu/ab_decode.py turns it off with the config part
 # "noprologue" to measure it; bit-exact either way)
@@ -74,7 +75,7 @@ def _prologue(self: nn.Module, site: AttentionSite, x: mx.array, offset: int | m
             offset=offset, base=rope.base, scale=rope.scale, traditional=rope.traditional,
             input_norm=None if input_norm is None else (input_norm["weight"], input_norm.eps),
         )
-    queries, keys, values = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+    queries, keys, values = project((self.q_proj, self.k_proj, self.v_proj), x)  # one launch under quantized_linear
     queries, keys = zk.qk_norm_rope(
         queries.reshape(B, L, self.n_heads, -1), keys.reshape(B, L, self.n_kv_heads, -1),
         q_norm["weight"], k_norm["weight"], q_norm.eps, k_norm.eps,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 from zmlx.kernels.backend import gpu_backend
-from zmlx.kernels.ops.qmv import QmvPlan
+from zmlx.kernels.ops.qmv import QmvManyPlan, QmvPlan
 
 from .. import _swap
 from ..families import LinearSite
@@ -30,12 +30,33 @@ def _build(module: nn.Module) -> QmvPlan:
                    bits=module.bits, bias=module.get("bias"))
 
 
-def fused(self: nn.Module, site: LinearSite, x: mx.array) -> mx.array:
-    plan = _swap.compiled_fn(self, _build, self)  # built once, dropped by unpatch
+def _plan(module: nn.Module) -> QmvPlan:
+    plan = _swap.compiled_fn(module, _build, module)  # built once, dropped by unpatch
     w = plan.w
-    if w[0] is not self["weight"] or w[1] is not self["scales"] or w[2] is not self["biases"] \
-            or plan.bias is not self.get("bias"):  # arrays replaced (load_weights, update): a new plan
-        self.__dict__.pop(_swap.COMPILED, None)
-        plan = _swap.compiled_fn(self, _build, self)
-    return plan(x)
+    if w[0] is not module["weight"] or w[1] is not module["scales"] or w[2] is not module["biases"] \
+            or plan.bias is not module.get("bias"):  # arrays replaced (load_weights, update): a new plan
+        module.__dict__.pop(_swap.COMPILED, None)
+        plan = _swap.compiled_fn(module, _build, module)
+    return plan
+
+
+def fused(self: nn.Module, site: LinearSite, x: mx.array) -> mx.array:
+    return _plan(self)(x)
+
+
+def project(modules: tuple[nn.Module, ...], x: mx.array) -> tuple[mx.array, ...]:
+    """``tuple(m(x) for m in modules)``. Where all are projections this pattern patched (q/k/v, gate/up), one
+    ``zk.qmv_many`` launch at decode instead of one each, every row computed as ``zk.qmv`` computes it."""
+    if len(modules) not in (2, 3) or any(_swap.pattern_of(m) != "quantized_linear" for m in modules):
+        return tuple(m(x) for m in modules)
+    plans = [_plan(m) for m in modules]
+    lead = plans[0]
+    group = lead.group
+    arrays = tuple(a for p in plans for a in p.w) + tuple(p.bias for p in plans)
+    if group is None or len(group.arrays) != len(arrays) or any(a is not b for a, b in zip(group.arrays, arrays)):
+        if len({(p.group_size, p.bits, p.k) for p in plans}) != 1:
+            return tuple(m(x) for m in modules)
+        group = lead.group = QmvManyPlan(tuple(p.w for p in plans), group_size=lead.group_size, bits=lead.bits,
+                                         biases=tuple(p.bias for p in plans))
+    return group(x)
 

@@ -9,6 +9,7 @@ from zmlx import kernels as zk
 from ..families import DenseSite
 from . import _dense
 from ._structure import missing_modules
+from .quantized_linear import project
 
 SUMMARY = (
     "gated SiLU MLP: silu(gate) * up fused (zk.swiglu); with fused projections (fuse_projections), at one token "
@@ -34,7 +35,7 @@ def fused(self: nn.Module, site: DenseSite, x: mx.array) -> mx.array:
         plan = _dense.plan_for(self, gate, up) if site.fuse_projections and x.size == x.shape[-1] else None
         if plan is not None:  # one token: both quantized projections and the activation in one launch
             return self[down](_dense.gate_up(plan, x, "swiglu"))
-        return self[down](zk.swiglu(self[gate](x), self[up](x)))
+        return self[down](zk.swiglu(*project((self[gate], self[up]), x)))  # one launch under quantized_linear
     # phi3: one projection, first half gate, second half up (mx.split as the block does)
     gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
     return self.down_proj(zk.swiglu(gate, up))
