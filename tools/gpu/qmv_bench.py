@@ -5,8 +5,8 @@
       --csv --log-file q.csv python3 tools/gpu/qmv_bench.py --ncu
   python3 tools/gpu/qmv_bench.py --summarize q.csv   # device us and % of DRAM peak per (shape, form)
 
-Forms: ``mlx`` (mx.quantized_matmul, what QuantizedLinear runs) and ``rR_uU`` (zk.qmv, R rows a warp, U steps
-unrolled). Every form of a shape is checked bit-identical to ``mlx`` before it is timed.
+Forms: ``mlx`` (mx.quantized_matmul, what QuantizedLinear runs), ``auto`` (zk.qmv's own geometry) and
+``rR_uU[_wW]`` (zk.qmv, R rows a warp, U steps unrolled, W warps a block). Every form of a shape is checked bit-identical to ``mlx`` before it is timed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ SHAPES = (
     ("llama.head", 128256, 4096), ("qwen3.q", 4096, 2048), ("qwen3.kv", 512, 2048), ("qwen3.o", 2048, 4096),
     ("qwen3.head", 151936, 2048), ("gptoss.q", 4096, 2880),
 )
-FORMS = ("mlx", "auto", "r1_u4", "r2_u4", "r4_u2", "r2_u8", "r4_u4")
+# rR_uU[_wW]: R rows a warp, U steps unrolled, W warps a block (default 4)
+FORMS = ("mlx", "auto", "r1_u4", "r1_u4_w2", "r1_u4_w8", "r1_u8", "r1_u2", "r4_u4", "r4_u4_w8")
 REPS = 5
 
 
@@ -48,8 +49,8 @@ def _call(form, x, q):
         return mx.quantized_matmul(x, *q, transpose=True, group_size=64, bits=4)
     if form == "auto":
         return qmv.qmv(x, q, group_size=64, bits=4)
-    r, u = (int(p[1:]) for p in form.split("_"))
-    return qmv.qmv(x, q, group_size=64, bits=4, rows_per_warp=r, unroll=u)
+    parts = {p[0]: int(p[1:]) for p in form.split("_")}
+    return qmv.qmv(x, q, group_size=64, bits=4, rows_per_warp=parts["r"], unroll=parts["u"], warps=parts.get("w"))
 
 
 def run(ncu: bool) -> int:

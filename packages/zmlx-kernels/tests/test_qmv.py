@@ -86,3 +86,12 @@ def test_qmv_on_float_inputs_is_the_reference():
     got = zk.qmv(x, q, group_size=64, bits=4)
     want = mx.quantized_matmul(x, *q, transpose=True, group_size=64, bits=4)
     assert np.array_equal(np.array(got), np.array(want))
+
+
+def test_qmv_launch_arguments_are_checked():
+    x, q, _ = Q.make_case(31, 576, 64, 1, False, mx.random.key(0))
+    for bad in (dict(warps=3), dict(rows_per_warp=3), dict(unroll=5)):
+        with pytest.raises(ValueError, match="warps must be a power of two"):
+            Q.qmv(x, q, group_size=64, bits=4, **bad)
+    assert mx.array_equal(Q.qmv(x, q, group_size=64, bits=4, warps=8, rows_per_warp=2, unroll=2),
+                          Q.qmv_reference(x, q, group_size=64, bits=4)).item()

@@ -166,16 +166,20 @@ def fits(x: mx.array, w: Quant, group_size: int, bits: int, bias: mx.array | Non
 
 
 def qmv(x: mx.array, w: Quant, *, group_size: int, bits: int, bias: mx.array | None = None,
-        rows_per_warp: int | None = None, unroll: int = 4, stream: mx.Stream | None = None) -> mx.array:
+        rows_per_warp: int | None = None, unroll: int = 4, warps: int | None = None,
+        stream: mx.Stream | None = None) -> mx.array:
     """``x @ dequantize(w).T (+ bias)`` for an affine-quantized ``w = (weight, scales, biases)``: exactly what
-    ``nn.QuantizedLinear`` returns on every device, faster on CUDA at decode. ``rows_per_warp`` / ``unroll`` tune
+    ``nn.QuantizedLinear`` returns on every device, faster on CUDA at decode. ``rows_per_warp`` / ``unroll`` / ``warps`` (a block) tune
     the launch (tools/gpu/qmv_bench.py) and never change the result."""
+    if warps not in (None, 1, 2, 4, 8, 16, 32) or rows_per_warp not in (None, 1, 2, 4) or unroll not in (1, 2, 4, 8):
+        raise ValueError(f"qmv: warps must be a power of two up to 32, rows_per_warp 1, 2 or 4, unroll 1, 2, 4 or 8; "
+                         f"got {warps}, {rows_per_warp}, {unroll}")
     if target_for(stream) != "cuda" or not fits(x, w, group_size, bits, bias):
         return qmv_reference(x, w, group_size=group_size, bits=bits, bias=bias)
     n, k = w[0].shape[0], x.shape[-1]
     rows = x.size // k
-    r, warps = geometry(n)
-    r = rows_per_warp or r
+    r, w = geometry(n)
+    r, warps = rows_per_warp or r, warps or w
     per_block = r * warps
     (out,) = launch(
         SPEC, "cuda", inputs=(x, *w, bias if bias is not None else w[1]), output_shapes=[(*x.shape[:-1], n)],
