@@ -178,8 +178,8 @@ def qmv(x: mx.array, w: Quant, *, group_size: int, bits: int, bias: mx.array | N
         return qmv_reference(x, w, group_size=group_size, bits=bits, bias=bias)
     n, k = w[0].shape[0], x.shape[-1]
     rows = x.size // k
-    r, w = geometry(n)
-    r, warps = rows_per_warp or r, warps or w
+    r0, warps0 = geometry(n)
+    r, warps = rows_per_warp or r0, warps or warps0
     per_block = r * warps
     (out,) = launch(
         SPEC, "cuda", inputs=(x, *w, bias if bias is not None else w[1]), output_shapes=[(*x.shape[:-1], n)],
