@@ -31,7 +31,8 @@ import sys
 import time
 
 PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "mlp": ["swiglu_mlp", "geglu_mlp"],
-         "conv": ["conv_layer"], "layer": ["attention_layer"], "lin": ["quantized_linear"]}
+         "conv": ["conv_layer"], "layer": ["attention_layer"], "lin": ["quantized_linear"],
+         "switch": ["quantized_switch_linear"]}
 # switch part -> (pattern module, its module-level flag, the flag's value while a config naming the part runs;
 # the opposite otherwise): measurement switches that are not patch() arguments
 SWITCHES = {"nofold": ("_layer", "FOLD_RESIDUAL", False), "noprologue": ("qk_norm_rope", "TRACE_PROLOGUE", False)}

@@ -28,6 +28,10 @@ SHAPES = (
 # rR_uU[_wW]: R rows a warp, U steps unrolled, W warps a block (default 4)
 FORMS = ("mlx", "auto", "r1_u4", "r1_u4_w2", "r1_u4_w8", "r1_u8", "r1_u2", "r4_u4", "r4_u4_w8")
 REPS = 5
+# zk.gather_qmv against mx.gather_qmm (MLX's gather_qmv): (name, experts, N, K, slots, x per slot)
+GATHER = (("mixtral.up", 8, 14336, 4096, 2, False), ("mixtral.down", 8, 4096, 14336, 2, True),
+          ("gptoss.up", 32, 2880, 2880, 4, False), ("lfm2.up", 32, 1792, 2048, 4, False))
+GFORMS = ("mlx", "zk")
 
 
 def _inputs(n, k):
@@ -53,6 +57,26 @@ def _call(form, x, q):
     return qmv.qmv(x, q, group_size=64, bits=4, rows_per_warp=parts["r"], unroll=parts["u"], warps=parts.get("w"))
 
 
+def _gather_inputs(e, n, k, slots, per):
+    import mlx.core as mx
+
+    mx.random.seed(e + n + k)
+    x = mx.random.normal((1, 1, slots if per else 1, 1, k)).astype(mx.bfloat16)
+    q = mx.quantize((mx.random.normal((e, n, k)) * 0.05).astype(mx.bfloat16), group_size=64, bits=4)
+    inds = mx.random.randint(0, e, (1, 1, slots)).astype(mx.uint32)
+    mx.eval(x, q, inds)
+    return x, q, inds
+
+
+def _gather_call(form, x, q, inds):
+    import mlx.core as mx
+    from zmlx.kernels.ops import gather_qmv
+
+    if form == "mlx":
+        return mx.gather_qmm(x, *q, rhs_indices=inds, transpose=True, group_size=64, bits=4)
+    return gather_qmv.gather_qmv(x, q, inds, group_size=64, bits=4)
+
+
 def run(ncu: bool) -> int:
     import mlx.core as mx
     import numpy as np
@@ -66,7 +90,15 @@ def run(ncu: bool) -> int:
             if not np.array_equal(got, want):
                 bad += 1
                 print(f"NOT IDENTICAL {name} {form}: {int((got != want).sum())} of {want.size} differ")
-    print(f"identity: {len(cases) * (len(FORMS) - 1) - bad} of {len(cases) * (len(FORMS) - 1)} forms bit-identical")
+    gcases = [(g[0], *_gather_inputs(*g[1:])) for g in GATHER]
+    for name, x, q, inds in gcases:
+        want = np.array(_gather_call("mlx", x, q, inds).astype(mx.float32))
+        got = np.array(_gather_call("zk", x, q, inds).astype(mx.float32))
+        if not np.array_equal(got, want):
+            bad += 1
+            print(f"NOT IDENTICAL {name} gather: {int((got != want).sum())} of {want.size} differ")
+    total = len(cases) * (len(FORMS) - 1) + len(gcases)
+    print(f"identity: {total - bad} of {total} forms bit-identical")
     cuda = ctypes.CDLL("libcuda.so.1") if ncu else None
     if cuda:
         cuda.cuProfilerStart()
@@ -79,6 +111,15 @@ def run(ncu: bool) -> int:
                 times.append((time.perf_counter() - t0) * 1e6)
             if not ncu:
                 print(f"{name:11s} {form:6s} host-synced us/call median {statistics.median(times):8.1f}")
+    for name, x, q, inds in gcases:
+        for form in GFORMS:
+            times = []
+            for _ in range(REPS if ncu else 50):
+                t0 = time.perf_counter()
+                mx.eval(_gather_call(form, x, q, inds))
+                times.append((time.perf_counter() - t0) * 1e6)
+            if not ncu:
+                print(f"{name:12s} {form:6s} host-synced us/call median {statistics.median(times):8.1f}")
     if cuda:
         cuda.cuProfilerStop()
     return 1 if bad else 0
@@ -99,6 +140,7 @@ def summarize(path: str) -> None:
             value *= 1.0 if unit.startswith("n") else 1e3 if unit.startswith("u") else 1e6
         metric[lid][r["Metric Name"]] = value
     labels = [(name, form) for name, _, _ in SHAPES for form in FORMS for _ in range(REPS)]
+    labels += [(g[0], form) for g in GATHER for form in GFORMS for _ in range(REPS)]
     if len(order) != len(labels):
         raise ValueError(f"{len(order)} qmv launches in the log, expected {len(labels)}")
     per = defaultdict(list)
@@ -111,6 +153,12 @@ def summarize(path: str) -> None:
             us = statistics.median(m["gpu__time_duration.sum"] for m in v) / 1e3
             dram = statistics.median(m.get("dram__throughput.avg.pct_of_peak_sustained_elapsed", 0.0) for m in v)
             print(f"| {name} {n}x{k} | {form} | {us:.1f} | {dram:.0f} |")
+    for name, e, n, k, slots, _ in GATHER:
+        for form in GFORMS:
+            v = per[(name, form)]
+            us = statistics.median(m["gpu__time_duration.sum"] for m in v) / 1e3
+            dram = statistics.median(m.get("dram__throughput.avg.pct_of_peak_sustained_elapsed", 0.0) for m in v)
+            print(f"| {name} {e}x{n}x{k} top-{slots} | {form} | {us:.1f} | {dram:.0f} |")
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,7 @@ import pytest
 from zmlx import kernels as zk
 from zmlx.kernels import backend
 from zmlx.kernels.emit import emit
+from zmlx.kernels.ops import gather_qmv as G
 from zmlx.kernels.ops import qmv as Q
 
 
@@ -95,3 +96,23 @@ def test_qmv_launch_arguments_are_checked():
             Q.qmv(x, q, group_size=64, bits=4, **bad)
     assert mx.array_equal(Q.qmv(x, q, group_size=64, bits=4, warps=8, rows_per_warp=2, unroll=2),
                           Q.qmv_reference(x, q, group_size=64, bits=4)).item()
+
+
+@pytest.mark.parametrize("case", range(len(G.CASES)))
+def test_gather_qmv_is_gather_qmm(case):
+    e, n, k, gs, slots, per = G.CASES[case]
+    if n * k > 4096 * 4096:
+        n = 257  # the decode shapes' row counts are the GPU checks'; here the K and slots matter
+    x, q, inds = G.make_case(e, n, k, gs, slots, per, mx.random.key(case))
+    got = zk.gather_qmv(x, q, inds, group_size=gs, bits=4)
+    want = mx.gather_qmm(x, *q, rhs_indices=inds, transpose=True, group_size=gs, bits=4)
+    assert got.shape == want.shape and mx.array_equal(got, want).item()
+    assert G.fits(x, q, inds, gs, 4)
+    assert not G.fits(x.astype(mx.float16), q, inds, gs, 4)
+    eight = mx.zeros((1, 1, 8), dtype=mx.uint32)
+    assert not G.fits(x[..., :1, :, :], q, eight, gs, 4)  # 8 slots: MLX's qmm_sm80 (or naive), not gather_qmv
+
+
+def test_gather_qmv_reference_against_per_slot_products():
+    checks = G.reference_checks(seed=1)
+    assert len(checks) == 2 and all(c.passed for c in checks), checks

@@ -38,7 +38,8 @@ def test_verbose_output_has_the_tour_shape(capsys):
         "  swiglu_mlp: 1",
     ]
     assert isinstance(result, PatchResult) and result.total == 6
-    assert set(result.not_applied) == {"residual_norm", "attention_layer", "quantized_linear"}  # opt-in
+    assert set(result.not_applied) == {"residual_norm", "attention_layer", "quantized_linear",
+                                       "quantized_switch_linear"}  # opt-in
     assert result.opt_ins == []
 
 
@@ -188,7 +189,7 @@ def test_sharding_group_keeps_all_sum(monkeypatch):
 
 def test_list_patterns_and_support_matrix(capsys):
     assert list_patterns() == ["swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer", "attention_layer",
-                               "residual_norm", "quantized_linear"]
+                               "residual_norm", "quantized_linear", "quantized_switch_linear"]
     assert list_patterns("mistral") == ["swiglu_mlp"]
     assert list_patterns("gemma2") == ["geglu_mlp"]
     assert list_patterns("qwen3_moe") == ["swiglu_mlp", "moe_mlp", "qk_norm_rope"]

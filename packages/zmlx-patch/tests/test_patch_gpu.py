@@ -21,8 +21,10 @@ import zmlx.kernels as zk
 import zmlx_patch_tiny as tiny
 from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 from mlx_lm.sample_utils import make_sampler
 from zmlx.kernels.backend import gpu_backend
+from zmlx.kernels.ops import gather_qmv as GQ
 from zmlx.kernels.ops.qmv import QmvManyPlan, QmvPlan
 from zmlx.kernels.ops.router import VARIANTS as ROUTER_VARIANTS
 from zmlx.patch import patch, unpatch
@@ -87,7 +89,25 @@ def _count_kernel_calls(monkeypatch) -> dict[str, int]:
         return real_many(self, x)
 
     monkeypatch.setattr(QmvManyPlan, "__call__", spy_many)
+    counts["gather_qmv_kernel"] = 0
+    real_launch = GQ.launch
+
+    def spy_launch(*a, **kw):  # zk.gather_qmv launches only where it takes the kernel path
+        counts["gather_qmv_kernel"] += 1
+        return real_launch(*a, **kw)
+
+    monkeypatch.setattr(GQ, "launch", spy_launch)
     return counts
+
+
+def _top_k(model) -> int:
+    """Experts a token takes (mlx-lm's config names vary); 8 where none is found (no gather_qmv expected)."""
+    args = getattr(model, "args", None)
+    for name in ("num_experts_per_tok", "num_experts_per_token", "top_k", "moe_top_k"):
+        value = getattr(args, name, None)
+        if isinstance(value, int):
+            return value
+    return 8
 
 
 def _four_bit(model) -> int:
@@ -116,7 +136,8 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
          "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {"fuse_router": True},
          "qkv": {"fuse_qkv": True}, "conv_proj": {"fuse_conv_proj": True}, "attention_layer": {},
-         "stacked": {"fuse_router": True, "fuse_qkv": True}, "quantized_linear": {}}
+         "stacked": {"fuse_router": True, "fuse_qkv": True}, "quantized_linear": {},
+         "quantized_switch_linear": {"fuse_projections": False}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -164,6 +185,12 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         if layer:
             expected["attention_layer"] = tiny.config(family)["num_hidden_layers"]
         expected["quantized_linear"] = _four_bit(model)
+    if mode == "quantized_switch_linear":  # unfused MoE blocks, their SwitchGLU's projections through zk.gather_qmv
+        if "quantized_switch_linear" not in spec.sites:
+            pytest.skip(f"{family} has no MoE block")
+        patterns = (patterns or spec.default_patterns()) + ["quantized_switch_linear"]
+        expected["quantized_switch_linear"] = sum(type(m) is QuantizedSwitchLinear and m.mode == "affine"
+                                                  and m.bits == 4 for _, m in model.named_modules())
     if mode == "stacked":
         layer = "attention_layer" in spec.sites
         patterns = patterns + (["attention_layer"] if layer else []) + ["residual_norm"]
@@ -195,6 +222,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
             assert calls["qmv"] > 0, f"{family}: no projection ran zk.qmv's kernel"
             if "attention_layer" in spec.sites or "qk_norm_rope" in spec.sites:
                 assert calls["qmv_many"] > 0, f"{family}: q/k/v did not run as one zk.qmv_many launch"
+        if mode == "quantized_switch_linear" and _top_k(model) < 8:
+            assert calls["gather_qmv_kernel"] > 0, f"{family}: no expert projection ran zk.gather_qmv's kernel"
         if mode == "conv_proj":
             assert calls["short_conv_proj"] > 0, f"{family}: the conv in_proj was not fused"
     finally:

@@ -90,3 +90,23 @@ def test_qkv_and_gate_up_go_through_one_plan(family, monkeypatch):
     _decode(model, seq)
     unpatch(model)
     assert widths == []
+
+
+@pytest.mark.parametrize("family", ["mixtral", "gpt_oss", "lfm2_moe"])
+def test_switch_linears_swapped_and_exact(family, monkeypatch):
+    """quantized_switch_linear: the experts' QuantizedSwitchLinear layers (called by SwitchGLU where the projections
+    stay unfused) swapped, decode unchanged bit for bit (gpt_oss: biased experts), unpatch restores."""
+    from mlx_lm.models.switch_layers import QuantizedSwitchLinear
+
+    model = tiny.build(family, quantized=True, seed=6)
+    seq = tiny.tokens(10, seed=7)
+    want = _decode(model, seq)
+    switch = [p for p, m in model.named_modules() if type(m) is QuantizedSwitchLinear]
+    result = patch(model, patterns=["moe_mlp", "quantized_switch_linear"], fuse_projections=False, verbose=False)
+    assert result.counts["quantized_switch_linear"] == len(switch) > 0
+    calls = tiny.count_kernel_calls(monkeypatch, ("gather_qmv",))
+    got = _decode(model, seq)
+    assert calls["gather_qmv"] >= 3 * tiny.config(family)["num_hidden_layers"]  # up, gate, down of every MoE layer
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    assert unpatch(model) == result.total
+    assert all(type(m) is QuantizedSwitchLinear for p, m in model.named_modules() if p in switch)

@@ -14,6 +14,7 @@ from .ops.activations import geglu, swiglu, swiglu_oai  # noqa: E402
 from .ops.attention import qk_norm_rope  # noqa: E402
 from .ops.combine import moe_combine  # noqa: E402
 from .ops.conv import short_conv, short_conv_proj  # noqa: E402
+from .ops.gather_qmv import gather_qmv  # noqa: E402
 from .ops.moe_experts import dense_gate_up, moe_down_combine, moe_gate_up  # noqa: E402
 from .ops.norm_router import add_norm_router  # noqa: E402
 from .ops.norms import add_rms_norm  # noqa: E402
@@ -33,6 +34,7 @@ __all__ = [
     "add_norm_router",
     "add_rms_norm",
     "dense_gate_up",
+    "gather_qmv",
     "geglu",
     "grouped_sigmoid_topk",
     "moe_combine",

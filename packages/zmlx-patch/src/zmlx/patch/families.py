@@ -164,6 +164,7 @@ class LinearSite:
 
 
 LINEAR = LinearSite()
+SWITCH_LINEAR = LinearSite("mlx_lm.models.switch_layers:QuantizedSwitchLinear")
 
 
 def resolve_class(block: str) -> type | None:

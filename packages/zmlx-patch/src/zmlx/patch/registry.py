@@ -18,6 +18,7 @@ from .families import (
     LINEAR,
     MOE,
     RESIDUAL,
+    SWITCH_LINEAR,
     AttentionSite,
     ConvLayerSite,
     DenseSite,
@@ -30,7 +31,7 @@ from .families import (
 Site = DenseSite | MoeSite | ResidualSite | AttentionSite | ConvLayerSite | LayerSite | LinearSite
 
 PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_norm_rope", "conv_layer", "attention_layer",
-                             "residual_norm", "quantized_linear")
+                             "residual_norm", "quantized_linear", "quantized_switch_linear")
 # conv_layer (LFM2 only): bit-exact on the H100 and faster there: lfm2-8b-a1b defaults x1.98, x1.56, x1.48 with it on
 # three hosts (capsules/20261127_h100_lfm2-8b-a1b_{conv-layer_2ae1cc8,defaults_b583d2f,conv-fold_4664f0c}.json;
 # in-process A/B x1.60 against x1.31 without it)
@@ -46,6 +47,9 @@ ATTENTION_LAYER_OPT_IN = ("opt-in: not yet run on a GPU (the decoder layer's dec
 QUANTIZED_LINEAR_OPT_IN = ("opt-in: bit-identical on the H100 with 1.6-2x less device time a projection; a default on CUDA "
                            "only where a capsule measured it (registry.ON_CUDA: llama, qwen3_moe), as each call is a "
                            "custom-kernel launch (docs/perf-notes.md v9)")
+
+QUANTIZED_SWITCH_LINEAR_OPT_IN = ("opt-in: the experts' projections through zk.gather_qmv (zk.qmv's core, MLX's gather_qmv "
+                                  "arithmetic); written without a GPU, not yet run on one (docs/perf-notes.md v9c)")
 
 RESIDUAL_NORM_OPT_IN = ("opt-in: bit-exact on CUDA but no decode gain measured (in-process A/B x0.92-1.03 alone, "
                         "slower beside the other patterns; docs/perf-notes.md)")
@@ -124,6 +128,8 @@ def _family(model_type: str, sites_from: str | None = None, aliases: tuple[str, 
         sites["geglu_mlp"] = geglu
     if key in MOE:
         sites["moe_mlp"] = (MOE[key],)
+        sites["quantized_switch_linear"] = (SWITCH_LINEAR,)
+        opt_in["quantized_switch_linear"] = QUANTIZED_SWITCH_LINEAR_OPT_IN
     if key in ATTENTION:
         sites["qk_norm_rope"] = ATTENTION[key]
     if key in CONV_LAYER:

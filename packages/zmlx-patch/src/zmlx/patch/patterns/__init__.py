@@ -15,6 +15,7 @@ from . import (
     moe_mlp,
     qk_norm_rope,
     quantized_linear,
+    quantized_switch_linear,
     residual_norm,
     swiglu_mlp,
 )
@@ -56,6 +57,9 @@ PATTERNS: dict[str, Pattern] = {
         # a single projection: nothing to trace; inside a traced layer it is traced with the layer
         Pattern("quantized_linear", quantized_linear.check, quantized_linear.fused, quantized_linear.SUMMARY,
                 compilable=lambda site: False),
+        # called by SwitchGLU, itself traced where moe_mlp traces the block
+        Pattern("quantized_switch_linear", quantized_switch_linear.check, quantized_switch_linear.fused,
+                quantized_switch_linear.SUMMARY, compilable=lambda site: False),
         Pattern("residual_norm", residual_norm.check, residual_norm.fused, residual_norm.SUMMARY,
                 compilable=lambda site: False),
     )
