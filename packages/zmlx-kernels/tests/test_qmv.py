@@ -42,7 +42,7 @@ def test_kernel_takes_only_what_it_reproduces():
 
 def test_every_launch_shape_has_a_check_case():
     variants = {c.variant for c in Q.check_cases(seed=0)}
-    assert len(variants) == 3 * len(Q.CASES) + len(Q.MANY_CASES) and all(c.exact for c in Q.check_cases(seed=0))
+    assert len(variants) == 5 * len(Q.CASES) + len(Q.MANY_CASES) and all(c.exact for c in Q.check_cases(seed=0))
 
 
 @pytest.mark.parametrize("ns,k,gs,rows,bias", Q.MANY_CASES)

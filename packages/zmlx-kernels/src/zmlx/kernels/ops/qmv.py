@@ -52,25 +52,8 @@ _MANY = """\
   ZM_DEVICE const T* biasq = which == 0 ? bias0 : (which == 1 ? bias1 : bias2);
   ZM_DEVICE T* outq = which == 0 ? out0 : (which == 1 ? out1 : out2);
 """
-_CORE = """\
-  const int K = KW * 8;
-  const int G = K / QGS;
-  const int lane = int(zm_lane);
-  const int m = int(zm_bid_y);
-  ZM_DEVICE const T* xr = x + size_t(m) * size_t(K);
-  // acc[r][4j + s]: packed bf16 accumulators of the lane's codes (8j + s, 8j + s + 4) of each step's 16
-  uint32_t acc[R][8];
-  size_t wrow[R], grow[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int n = row0 + r < N ? row0 + r : N - 1;  // rows past the end re-read the last row, never stored
-    wrow[r] = size_t(n) * size_t(KW);
-    grow[r] = size_t(n) * size_t(G);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc[r][i] = 0u;
-  }
-#pragma unroll U
-  for (int k0 = lane * 16; k0 < K; k0 += 512) {  // lanes past K skip the residue step, as MLX's do
+# One step of 16 codes a lane: the loads (x, then each row's word pair, scale and bias) ...
+_LOADS = """\
     const uint4 xa = zm_load16(xr + k0);
     const uint4 xb = zm_load16(xr + k0 + 8);
     uint2 wv[R];
@@ -81,6 +64,9 @@ _CORE = """\
       sv[r] = sq[grow[r] + size_t(k0 / QGS)];
       bv[r] = bq[grow[r] + size_t(k0 / QGS)];
     }
+"""
+# ... and its arithmetic: x re-paired, each row's codes dequantised and accumulated two at a time
+_MATH = """\
     // x pairs (x[8j + s], x[8j + s + 4]) matching the code pairs below
     uint32_t xp[8];
     xp[0] = zm_perm(xa.x, xa.z, 0x5410u); xp[1] = zm_perm(xa.x, xa.z, 0x7632u);
@@ -102,8 +88,64 @@ _CORE = """\
         }
       }
     }
-  }
+"""
+# BATCH: U steps' loads issued before the first step's arithmetic (ptxas otherwise keeps ~1-2 steps in flight),
+# then the steps in order: the same sums per code. Off: the loop as first measured (perf-notes v9).
+_STEPS = """\
+  if (BATCH) {
+    for (int kb = lane * 16; kb < K; kb += 512 * U) {
+      uint4 xa_[U], xb_[U];
+      uint2 wv_[U][R];
+      T sv_[U][R], bv_[U][R];
 #pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int k0 = kb + 512 * u;
+        if (k0 < K) {  // lanes past K skip the residue step, as MLX's do
+""" + _LOADS + """\
+          xa_[u] = xa; xb_[u] = xb;
+#pragma unroll
+          for (int r = 0; r < R; ++r) { wv_[u][r] = wv[r]; sv_[u][r] = sv[r]; bv_[u][r] = bv[r]; }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int k0 = kb + 512 * u;
+        if (k0 < K) {
+          const uint4 xa = xa_[u], xb = xb_[u];
+          uint2 wv[R];
+          T sv[R], bv[R];
+#pragma unroll
+          for (int r = 0; r < R; ++r) { wv[r] = wv_[u][r]; sv[r] = sv_[u][r]; bv[r] = bv_[u][r]; }
+""" + _MATH + """\
+        }
+      }
+    }
+  } else {
+#pragma unroll U
+  for (int k0 = lane * 16; k0 < K; k0 += 512) {  // lanes past K skip the residue step, as MLX's do
+""" + _LOADS + _MATH + """\
+  }
+  }
+"""
+
+_CORE = """\
+  const int K = KW * 8;
+  const int G = K / QGS;
+  const int lane = int(zm_lane);
+  const int m = int(zm_bid_y);
+  ZM_DEVICE const T* xr = x + size_t(m) * size_t(K);
+  // acc[r][4j + s]: packed bf16 accumulators of the lane's codes (8j + s, 8j + s + 4) of each step's 16
+  uint32_t acc[R][8];
+  size_t wrow[R], grow[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int n = row0 + r < N ? row0 + r : N - 1;  // rows past the end re-read the last row, never stored
+    wrow[r] = size_t(n) * size_t(KW);
+    grow[r] = size_t(n) * size_t(G);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[r][i] = 0u;
+  }
+""" + _STEPS + """#pragma unroll
   for (int r = 0; r < R; ++r) {
     float tot = 0.0f;  // the lane's 16 accumulators in code order, from +0
 #pragma unroll
@@ -125,7 +167,7 @@ SPEC = KernelSpec(
     inputs=(Param("x"), Param("w", "uint32_t"), Param("s"), Param("b"), Param("bias")),
     outputs=(Param("out"),),
     body=_ONE + _CORE,
-    templates=(("T", "float"), ("QGS", 64), ("R", 2), ("U", 4), ("HAS_BIAS", False)),
+    templates=(("T", "float"), ("QGS", 64), ("R", 2), ("U", 4), ("HAS_BIAS", False), ("BATCH", False)),
 )
 SPEC_MANY = KernelSpec(
     name="qmv_many",
@@ -133,7 +175,7 @@ SPEC_MANY = KernelSpec(
                           for a in ("w", "s", "b", "bias"))),
     outputs=tuple(Param(f"out{i}") for i in range(3)),
     body=_MANY + _CORE,
-    templates=(("T", "float"), ("QGS", 64), ("R", 1), ("U", 4), ("HAS_BIAS", False), ("NM", 3)),
+    templates=(("T", "float"), ("QGS", 64), ("R", 1), ("U", 4), ("HAS_BIAS", False), ("NM", 3), ("BATCH", False)),
 )
 
 # 4 warps a block. One row a warp beat 2 and 4 at every projection size (more warps in flight); 4 rows a warp only at
@@ -166,10 +208,11 @@ def fits(x: mx.array, w: Quant, group_size: int, bits: int, bias: mx.array | Non
 
 
 def qmv(x: mx.array, w: Quant, *, group_size: int, bits: int, bias: mx.array | None = None,
-        rows_per_warp: int | None = None, unroll: int = 4, warps: int | None = None,
+        rows_per_warp: int | None = None, unroll: int = 4, warps: int | None = None, batch: bool = False,
         stream: mx.Stream | None = None) -> mx.array:
     """``x @ dequantize(w).T (+ bias)`` for an affine-quantized ``w = (weight, scales, biases)``: exactly what
-    ``nn.QuantizedLinear`` returns on every device, faster on CUDA at decode. ``rows_per_warp`` / ``unroll`` / ``warps`` (a block) tune
+    ``nn.QuantizedLinear`` returns on every device, faster on CUDA at decode. ``rows_per_warp`` / ``unroll`` / ``warps`` (a block) / ``batch`` (all
+    ``unroll`` steps' loads issued first) tune
     the launch (tools/gpu/qmv_bench.py) and never change the result."""
     if warps not in (None, 1, 2, 4, 8, 16, 32) or rows_per_warp not in (None, 1, 2, 4) or unroll not in (1, 2, 4, 8):
         raise ValueError(f"qmv: warps must be a power of two up to 32, rows_per_warp 1, 2 or 4, unroll 1, 2, 4 or 8; "
@@ -184,7 +227,8 @@ def qmv(x: mx.array, w: Quant, *, group_size: int, bits: int, bias: mx.array | N
     (out,) = launch(
         SPEC, "cuda", inputs=(x, *w, bias if bias is not None else w[1]), output_shapes=[(*x.shape[:-1], n)],
         output_dtypes=[x.dtype], threads=-(-n // per_block) * warps * 32, threadgroup=warps * 32, blocks_y=rows,
-        template=[("T", x.dtype), ("QGS", group_size), ("R", r), ("U", unroll), ("HAS_BIAS", bias is not None)],
+        template=[("T", x.dtype), ("QGS", group_size), ("R", r), ("U", unroll), ("HAS_BIAS", bias is not None),
+                  ("BATCH", bool(batch))],
         stream=stream,
     )
     return out
@@ -209,7 +253,7 @@ class QmvPlan:
             self.kernel = compiled(SPEC, "cuda") if target_for(None) == "cuda" else None
             self.inputs = (*w, bias if bias is not None else w[1])
             self.template = [("T", mx.bfloat16), ("QGS", group_size), ("R", r), ("U", 4),
-                             ("HAS_BIAS", bias is not None)]
+                             ("HAS_BIAS", bias is not None), ("BATCH", False)]
             self.grid = (-(-self.n // (r * warps)) * warps * 32, 1, 1)
             self.threadgroup = (warps * 32, 1, 1)
 
@@ -243,7 +287,7 @@ def _many_args(ws, biases, group_size):
     full = list(zip(ws, biases, strict=True)) + [(ws[-1], biases[-1])] * (3 - len(ws))
     inputs = [a for w, b in full for a in (*w, b if b is not None else w[1])]
     template = [("T", mx.bfloat16), ("QGS", group_size), ("R", 1), ("U", 4), ("HAS_BIAS", biases[0] is not None),
-                ("NM", len(ws))]
+                ("NM", len(ws)), ("BATCH", False)]
     return inputs, template, sum(w[0].shape[0] for w in ws)
 
 
@@ -326,10 +370,11 @@ def check_cases(seed: int) -> list[CheckCase]:
     cases = []
     for i, (n, k, gs, rows, bias) in enumerate(CASES):
         x, q, b = make_case(n, k, gs, rows, bias, mx.random.key(seed + i))
-        for r in (1, 2, 4):  # every launch shape gives MLX's bits
+        for r, batch in ((1, False), (2, False), (4, False), (1, True), (4, True)):  # every launch gives MLX's bits
             cases.append(CheckCase(
-                "qmv", f"{n}x{k}_g{gs}_m{rows}_r{r}", "bfloat16",
-                kernel=lambda x=x, q=q, b=b, gs=gs, r=r: [qmv(x, q, group_size=gs, bits=4, bias=b, rows_per_warp=r)],
+                "qmv", f"{n}x{k}_g{gs}_m{rows}_r{r}{'_batch' if batch else ''}", "bfloat16",
+                kernel=lambda x=x, q=q, b=b, gs=gs, r=r, bt=batch: [qmv(x, q, group_size=gs, bits=4, bias=b,
+                                                                         rows_per_warp=r, batch=bt)],
                 reference=lambda x=x, q=q, b=b, gs=gs: [qmv_reference(x, q, group_size=gs, bits=4, bias=b)],
                 exact=True))
     # several matrices in one launch: q/k/v of llama's and qwen3's shapes (biased, gpt-oss-like), gate/up, odd sizes
