@@ -50,8 +50,7 @@ SPEC = KernelSpec(
     inputs=(Param("x"), Param("w", "uint32_t"), Param("s"), Param("b"), Param("inds", "uint32_t")),
     outputs=(Param("out"),),
     body=_BODY,
-    templates=(("T", "float"), ("QGS", 64), ("R", 1), ("U", 4), ("HAS_BIAS", False), ("XPER", False),
-               ("BATCH", False)),
+    templates=(("T", "float"), ("QGS", 64), ("R", 1), ("U", 4), ("HAS_BIAS", False), ("XPER", False)),
 )
 
 
@@ -86,7 +85,7 @@ def gather_qmv(x: mx.array, w: Quant, indices: mx.array, *, group_size: int, bit
         SPEC, "cuda", inputs=(x, *w, (indices if indices.dtype == mx.uint32 else indices.astype(mx.uint32)).reshape(-1)), output_shapes=[(*lead, 1, n)],
         output_dtypes=[x.dtype], threads=-(-n // WARPS) * WARPS * 32, threadgroup=WARPS * 32, blocks_y=slots,
         template=[("T", x.dtype), ("QGS", group_size), ("R", 1), ("U", 4), ("HAS_BIAS", False),
-                  ("XPER", x.size // x.shape[-1] > 1), ("BATCH", False)],
+                  ("XPER", x.size // x.shape[-1] > 1)],
         stream=stream,
     )
     return out

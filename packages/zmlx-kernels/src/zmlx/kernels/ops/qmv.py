@@ -89,46 +89,46 @@ _MATH = """\
       }
     }
 """
-# BATCH: U steps' loads issued before the first step's arithmetic (ptxas otherwise keeps ~1-2 steps in flight),
-# then the steps in order: the same sums per code. Off: the loop as first measured (perf-notes v9).
-_STEPS = """\
-  if (BATCH) {
-    for (int kb = lane * 16; kb < K; kb += 512 * U) {
-      uint4 xa_[U], xb_[U];
-      uint2 wv_[U][R];
-      T sv_[U][R], bv_[U][R];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int k0 = kb + 512 * u;
-        if (k0 < K) {  // lanes past K skip the residue step, as MLX's do
-""" + _LOADS + """\
-          xa_[u] = xa; xb_[u] = xb;
-#pragma unroll
-          for (int r = 0; r < R; ++r) { wv_[u][r] = wv[r]; sv_[u][r] = sv[r]; bv_[u][r] = bv[r]; }
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int k0 = kb + 512 * u;
-        if (k0 < K) {
-          const uint4 xa = xa_[u], xb = xb_[u];
-          uint2 wv[R];
-          T sv[R], bv[R];
-#pragma unroll
-          for (int r = 0; r < R; ++r) { wv[r] = wv_[u][r]; sv[r] = sv_[u][r]; bv[r] = bv_[u][r]; }
-""" + _MATH + """\
-        }
-      }
-    }
-  } else {
+# The loop as measured (perf-notes v9): ptxas keeps ~1-2 of its U unrolled steps' loads in flight
+_LOOP = """\
 #pragma unroll U
   for (int k0 = lane * 16; k0 < K; k0 += 512) {  // lanes past K skip the residue step, as MLX's do
 """ + _LOADS + _MATH + """\
   }
+"""
+# qmv_batch: U steps' loads issued before the first step's arithmetic (SASS: all 20 loads ahead of the first
+# HFMA2 at R1 U4), then the steps in order: the same sums per code
+_BATCHED = """\
+  for (int kb = lane * 16; kb < K; kb += 512 * U) {
+    uint4 xa_[U], xb_[U];
+    uint2 wv_[U][R];
+    T sv_[U][R], bv_[U][R];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k0 = kb + 512 * u;
+      if (k0 < K) {  // lanes past K skip the residue step, as MLX's do
+""" + _LOADS + """\
+        xa_[u] = xa; xb_[u] = xb;
+#pragma unroll
+        for (int r = 0; r < R; ++r) { wv_[u][r] = wv[r]; sv_[u][r] = sv[r]; bv_[u][r] = bv[r]; }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int k0 = kb + 512 * u;
+      if (k0 < K) {
+        const uint4 xa = xa_[u], xb = xb_[u];
+        uint2 wv[R];
+        T sv[R], bv[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) { wv[r] = wv_[u][r]; sv[r] = sv_[u][r]; bv[r] = bv_[u][r]; }
+""" + _MATH + """\
+      }
+    }
   }
 """
 
-_CORE = """\
+_CORE_HEAD = """\
   const int K = KW * 8;
   const int G = K / QGS;
   const int lane = int(zm_lane);
@@ -145,7 +145,8 @@ _CORE = """\
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc[r][i] = 0u;
   }
-""" + _STEPS + """#pragma unroll
+"""
+_CORE_TAIL = """#pragma unroll
   for (int r = 0; r < R; ++r) {
     float tot = 0.0f;  // the lane's 16 accumulators in code order, from +0
 #pragma unroll
@@ -161,21 +162,26 @@ _CORE = """\
     }
   }
 """
+_CORE = _CORE_HEAD + _LOOP + _CORE_TAIL
+_CORE_BATCH = _CORE_HEAD + _BATCHED + _CORE_TAIL
+
 
 SPEC = KernelSpec(
     name="qmv",
     inputs=(Param("x"), Param("w", "uint32_t"), Param("s"), Param("b"), Param("bias")),
     outputs=(Param("out"),),
     body=_ONE + _CORE,
-    templates=(("T", "float"), ("QGS", 64), ("R", 2), ("U", 4), ("HAS_BIAS", False), ("BATCH", False)),
+    templates=(("T", "float"), ("QGS", 64), ("R", 2), ("U", 4), ("HAS_BIAS", False)),
 )
+SPEC_BATCH = KernelSpec(name="qmv_batch", inputs=SPEC.inputs, outputs=SPEC.outputs, body=_ONE + _CORE_BATCH,
+                        templates=SPEC.templates)
 SPEC_MANY = KernelSpec(
     name="qmv_many",
     inputs=(Param("x"), *(Param(f"{a}{i}", "uint32_t" if a == "w" else "T") for i in range(3)
                           for a in ("w", "s", "b", "bias"))),
     outputs=tuple(Param(f"out{i}") for i in range(3)),
     body=_MANY + _CORE,
-    templates=(("T", "float"), ("QGS", 64), ("R", 1), ("U", 4), ("HAS_BIAS", False), ("NM", 3), ("BATCH", False)),
+    templates=(("T", "float"), ("QGS", 64), ("R", 1), ("U", 4), ("HAS_BIAS", False), ("NM", 3)),
 )
 
 # 4 warps a block. One row a warp beat 2 and 4 at every projection size (more warps in flight); 4 rows a warp only at
@@ -225,10 +231,10 @@ def qmv(x: mx.array, w: Quant, *, group_size: int, bits: int, bias: mx.array | N
     r, warps = rows_per_warp or r0, warps or warps0
     per_block = r * warps
     (out,) = launch(
-        SPEC, "cuda", inputs=(x, *w, bias if bias is not None else w[1]), output_shapes=[(*x.shape[:-1], n)],
+        SPEC_BATCH if batch else SPEC, "cuda", inputs=(x, *w, bias if bias is not None else w[1]),
+        output_shapes=[(*x.shape[:-1], n)],
         output_dtypes=[x.dtype], threads=-(-n // per_block) * warps * 32, threadgroup=warps * 32, blocks_y=rows,
-        template=[("T", x.dtype), ("QGS", group_size), ("R", r), ("U", unroll), ("HAS_BIAS", bias is not None),
-                  ("BATCH", bool(batch))],
+        template=[("T", x.dtype), ("QGS", group_size), ("R", r), ("U", unroll), ("HAS_BIAS", bias is not None)],
         stream=stream,
     )
     return out
@@ -253,7 +259,7 @@ class QmvPlan:
             self.kernel = compiled(SPEC, "cuda") if target_for(None) == "cuda" else None
             self.inputs = (*w, bias if bias is not None else w[1])
             self.template = [("T", mx.bfloat16), ("QGS", group_size), ("R", r), ("U", 4),
-                             ("HAS_BIAS", bias is not None), ("BATCH", False)]
+                             ("HAS_BIAS", bias is not None)]
             self.grid = (-(-self.n // (r * warps)) * warps * 32, 1, 1)
             self.threadgroup = (warps * 32, 1, 1)
 
@@ -287,7 +293,7 @@ def _many_args(ws, biases, group_size):
     full = list(zip(ws, biases, strict=True)) + [(ws[-1], biases[-1])] * (3 - len(ws))
     inputs = [a for w, b in full for a in (*w, b if b is not None else w[1])]
     template = [("T", mx.bfloat16), ("QGS", group_size), ("R", 1), ("U", 4), ("HAS_BIAS", biases[0] is not None),
-                ("NM", len(ws)), ("BATCH", False)]
+                ("NM", len(ws))]
     return inputs, template, sum(w[0].shape[0] for w in ws)
 
 
@@ -337,7 +343,7 @@ class QmvManyPlan:
 
 
 def kernel_specs():
-    return {"qmv": SPEC, "qmv_many": SPEC_MANY}
+    return {"qmv": SPEC, "qmv_batch": SPEC_BATCH, "qmv_many": SPEC_MANY}
 
 
 # --- checks ----------------------------------------------------------------------------------------------------
@@ -422,7 +428,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
 OP = OpInfo(
     name="qmv",
     summary="quantized matrix x one token (QuantizedLinear at decode) in MLX's CUDA qmv numerics, more rows in flight",
-    variants=("qmv", "qmv_many"),
+    variants=("qmv", "qmv_batch", "qmv_many"),
     reference="zmlx.kernels.ops.qmv.qmv_reference",
     kernel_specs=kernel_specs,
     check_cases=check_cases,
