@@ -110,3 +110,15 @@ def test_switch_linears_swapped_and_exact(family, monkeypatch):
     assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
     assert unpatch(model) == result.total
     assert all(type(m) is QuantizedSwitchLinear for p, m in model.named_modules() if p in switch)
+
+
+def test_metal_keeps_mlx_own_projections(monkeypatch):
+    """On Metal MLX's qmv sums in another order: the qmv patterns skip every projection, saying why."""
+    import zmlx.kernels.backend as backend
+
+    monkeypatch.setattr(backend, "gpu_backend", lambda: "metal")
+    model = tiny.build("mixtral", quantized=True, seed=1)
+    result = patch(model, patterns=["quantized_linear", "quantized_switch_linear"], verbose=False)
+    assert result.counts == {} and result.skipped
+    assert all("Metal" in why for _, why in result.skipped)
+    unpatch(model)

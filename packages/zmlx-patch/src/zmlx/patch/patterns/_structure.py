@@ -34,3 +34,17 @@ def affine_quantized(module: Any, *, bias: bool = False) -> tuple[Any, Any, Any]
     if not bias and "bias" in module:
         return None
     return module["weight"], module["scales"], module["biases"]
+
+
+def four_bit_affine_reason(module: Any, what: str) -> str | None:
+    """Why the zk.qmv kernels cannot take ``module`` (a QuantizedLinear or QuantizedSwitchLinear), or None: they
+    reproduce MLX's CUDA qmv for affine 4-bit weights, and nothing of Metal's (which sums in another order)."""
+    from zmlx.kernels.backend import gpu_backend
+
+    if gpu_backend() == "metal":
+        return "Metal: MLX's Metal qmv sums in another order than the kernel reproduces (CUDA's)"
+    if getattr(module, "mode", "affine") != "affine" or module.get("biases") is None:
+        return f"quantization mode {getattr(module, 'mode', '?')!r}, not affine"
+    if module.bits != 4:
+        return f"{module.bits}-bit {what} (the kernel covers 4-bit)"
+    return None

@@ -5,24 +5,18 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
-from zmlx.kernels.backend import gpu_backend
 from zmlx.kernels.ops.qmv import QmvManyPlan, QmvPlan
 
 from .. import _swap
 from ..families import LinearSite
+from ._structure import four_bit_affine_reason
 
 SUMMARY = ("affine 4-bit QuantizedLinear at decode: zk.qmv, MLX's CUDA qmv arithmetic with more rows in flight "
            "(bit-identical; CUDA, bf16; elsewhere MLX's own quantized_matmul)")
 
 
 def check(module: nn.Module, site: LinearSite) -> str | None:
-    if gpu_backend() == "metal":
-        return "Metal: MLX's Metal qmv sums in another order than the kernel reproduces (CUDA's)"
-    if getattr(module, "mode", "affine") != "affine" or module.get("biases") is None:
-        return f"quantization mode {getattr(module, 'mode', '?')!r}, not affine"
-    if module.bits != 4:
-        return f"{module.bits}-bit weights (the kernel covers 4-bit)"
-    return None
+    return four_bit_affine_reason(module, "weights")
 
 
 def _build(module: nn.Module) -> QmvPlan:

@@ -8,22 +8,16 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 from zmlx import kernels as zk
-from zmlx.kernels.backend import gpu_backend
 
 from ..families import LinearSite
+from ._structure import four_bit_affine_reason
 
 SUMMARY = ("affine 4-bit QuantizedSwitchLinear (experts) at decode, top-k < 8: zk.gather_qmv, MLX's CUDA gather_qmv "
            "arithmetic with more rows in flight (opt-in; not yet GPU-run)")
 
 
 def check(module: nn.Module, site: LinearSite) -> str | None:
-    if gpu_backend() == "metal":
-        return "Metal: MLX's Metal qmv sums in another order than the kernel reproduces (CUDA's)"
-    if getattr(module, "mode", "affine") != "affine" or module.get("biases") is None:
-        return f"quantization mode {getattr(module, 'mode', '?')!r}, not affine"
-    if module.bits != 4:
-        return f"{module.bits}-bit experts (the kernel covers 4-bit)"
-    return None
+    return four_bit_affine_reason(module, "experts")
 
 
 def fused(self: nn.Module, site: LinearSite, x: mx.array, indices: mx.array, sorted_indices: bool = False):
