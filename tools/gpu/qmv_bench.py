@@ -26,9 +26,9 @@ SHAPES = (
     ("qwen3.head", 151936, 2048), ("gptoss.q", 4096, 2880),
 )
 # rR_uU[_wW]: R rows a warp, U steps unrolled, W warps a block (default 4)
-# bR_uU: the same with all U steps' loads issued first (BATCH)
+# bR_uU[_wW]: qmv_tuning's batch kernel (every unrolled step's loads first); hU[_wW]: its half-warp kernel
 FORMS = ("mlx", "auto", "r1_u4", "r1_u4_w2", "r1_u4_w8", "r1_u8", "r1_u2", "r4_u4", "r4_u4_w8", "b1_u4", "b1_u8",
-         "b2_u4", "b1_u4_w8")
+         "b2_u4", "b1_u4_w8", "h4", "h8", "h4_w8")
 REPS = 5
 # zk.gather_qmv against mx.gather_qmm (MLX's gather_qmv): (name, experts, N, K, slots, x per slot)
 GATHER = (("mixtral.up", 8, 14336, 4096, 2, False), ("mixtral.down", 8, 4096, 14336, 2, True),
@@ -55,9 +55,16 @@ def _call(form, x, q):
         return mx.quantized_matmul(x, *q, transpose=True, group_size=64, bits=4)
     if form == "auto":
         return qmv.qmv(x, q, group_size=64, bits=4)
+    from zmlx.kernels.ops import qmv_tuning
+
     parts = {p[0]: int(p[1:]) for p in form.split("_")}
-    return qmv.qmv(x, q, group_size=64, bits=4, rows_per_warp=parts.get("r") or parts["b"], unroll=parts["u"],
-                   warps=parts.get("w"), batch="b" in parts)
+    if "h" in parts:
+        return qmv_tuning.qmv_variant(x, q, group_size=64, bits=4, variant="half", unroll=parts["h"],
+                                      warps=parts.get("w", 4))
+    if "b" in parts:
+        return qmv_tuning.qmv_variant(x, q, group_size=64, bits=4, variant="batch", rows_per_warp=parts["b"],
+                                      unroll=parts["u"], warps=parts.get("w", 4))
+    return qmv.qmv(x, q, group_size=64, bits=4, rows_per_warp=parts["r"], unroll=parts["u"], warps=parts.get("w"))
 
 
 def _gather_inputs(e, n, k, slots, per):

@@ -42,7 +42,7 @@ def test_kernel_takes_only_what_it_reproduces():
 
 def test_every_launch_shape_has_a_check_case():
     variants = {c.variant for c in Q.check_cases(seed=0)}
-    assert len(variants) == 5 * len(Q.CASES) + len(Q.MANY_CASES) and all(c.exact for c in Q.check_cases(seed=0))
+    assert len(variants) == 3 * len(Q.CASES) + len(Q.MANY_CASES) and all(c.exact for c in Q.check_cases(seed=0))
 
 
 @pytest.mark.parametrize("ns,k,gs,rows,bias", Q.MANY_CASES)
@@ -116,3 +116,15 @@ def test_gather_qmv_is_gather_qmm(case):
 def test_gather_qmv_reference_against_per_slot_products():
     checks = G.reference_checks(seed=1)
     assert len(checks) == 2 and all(c.passed for c in checks), checks
+
+
+def test_tuning_kernels_are_qmv_everywhere_and_checked():
+    from zmlx.kernels.ops import qmv_tuning as QT
+
+    cases = QT.check_cases(seed=0)
+    assert len(cases) == 3 * len(Q.CASES) and all(c.exact for c in cases)
+    for c in cases[:6]:  # on the CPU: the reference path, QuantizedLinear's result
+        assert all(mx.array_equal(a, b).item() for a, b in zip(c.kernel(), c.reference(), strict=True))
+    x, q, _ = Q.make_case(31, 576, 64, 1, False, mx.random.key(0))
+    with pytest.raises(ValueError, match="variant must be one of"):
+        QT.qmv_variant(x, q, group_size=64, bits=4, variant="quarter")

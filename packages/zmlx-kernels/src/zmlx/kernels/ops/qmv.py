@@ -96,38 +96,6 @@ _LOOP = """\
 """ + _LOADS + _MATH + """\
   }
 """
-# qmv_batch: U steps' loads issued before the first step's arithmetic (SASS: all 20 loads ahead of the first
-# HFMA2 at R1 U4), then the steps in order: the same sums per code
-_BATCHED = """\
-  for (int kb = lane * 16; kb < K; kb += 512 * U) {
-    uint4 xa_[U], xb_[U];
-    uint2 wv_[U][R];
-    T sv_[U][R], bv_[U][R];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int k0 = kb + 512 * u;
-      if (k0 < K) {  // lanes past K skip the residue step, as MLX's do
-""" + _LOADS + """\
-        xa_[u] = xa; xb_[u] = xb;
-#pragma unroll
-        for (int r = 0; r < R; ++r) { wv_[u][r] = wv[r]; sv_[u][r] = sv[r]; bv_[u][r] = bv[r]; }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int k0 = kb + 512 * u;
-      if (k0 < K) {
-        const uint4 xa = xa_[u], xb = xb_[u];
-        uint2 wv[R];
-        T sv[R], bv[R];
-#pragma unroll
-        for (int r = 0; r < R; ++r) { wv[r] = wv_[u][r]; sv[r] = sv_[u][r]; bv[r] = bv_[u][r]; }
-""" + _MATH + """\
-      }
-    }
-  }
-"""
-
 _CORE_HEAD = """\
   const int K = KW * 8;
   const int G = K / QGS;
@@ -163,7 +131,6 @@ _CORE_TAIL = """#pragma unroll
   }
 """
 _CORE = _CORE_HEAD + _LOOP + _CORE_TAIL
-_CORE_BATCH = _CORE_HEAD + _BATCHED + _CORE_TAIL
 
 
 SPEC = KernelSpec(
@@ -173,8 +140,6 @@ SPEC = KernelSpec(
     body=_ONE + _CORE,
     templates=(("T", "float"), ("QGS", 64), ("R", 2), ("U", 4), ("HAS_BIAS", False)),
 )
-SPEC_BATCH = KernelSpec(name="qmv_batch", inputs=SPEC.inputs, outputs=SPEC.outputs, body=_ONE + _CORE_BATCH,
-                        templates=SPEC.templates)
 SPEC_MANY = KernelSpec(
     name="qmv_many",
     inputs=(Param("x"), *(Param(f"{a}{i}", "uint32_t" if a == "w" else "T") for i in range(3)
@@ -214,12 +179,11 @@ def fits(x: mx.array, w: Quant, group_size: int, bits: int, bias: mx.array | Non
 
 
 def qmv(x: mx.array, w: Quant, *, group_size: int, bits: int, bias: mx.array | None = None,
-        rows_per_warp: int | None = None, unroll: int = 4, warps: int | None = None, batch: bool = False,
+        rows_per_warp: int | None = None, unroll: int = 4, warps: int | None = None,
         stream: mx.Stream | None = None) -> mx.array:
     """``x @ dequantize(w).T (+ bias)`` for an affine-quantized ``w = (weight, scales, biases)``: exactly what
-    ``nn.QuantizedLinear`` returns on every device, faster on CUDA at decode. ``rows_per_warp`` / ``unroll`` / ``warps`` (a block) / ``batch`` (all
-    ``unroll`` steps' loads issued first) tune
-    the launch (tools/gpu/qmv_bench.py) and never change the result."""
+    ``nn.QuantizedLinear`` returns on every device, faster on CUDA at decode. ``rows_per_warp`` / ``unroll`` / ``warps`` (a block) tune the
+    launch (tools/gpu/qmv_bench.py; other kernel shapes: qmv_tuning.py) and never change the result."""
     if warps not in (None, 1, 2, 4, 8, 16, 32) or rows_per_warp not in (None, 1, 2, 4) or unroll not in (1, 2, 4, 8):
         raise ValueError(f"qmv: warps must be a power of two up to 32, rows_per_warp 1, 2 or 4, unroll 1, 2, 4 or 8; "
                          f"got {warps}, {rows_per_warp}, {unroll}")
@@ -231,8 +195,7 @@ def qmv(x: mx.array, w: Quant, *, group_size: int, bits: int, bias: mx.array | N
     r, warps = rows_per_warp or r0, warps or warps0
     per_block = r * warps
     (out,) = launch(
-        SPEC_BATCH if batch else SPEC, "cuda", inputs=(x, *w, bias if bias is not None else w[1]),
-        output_shapes=[(*x.shape[:-1], n)],
+        SPEC, "cuda", inputs=(x, *w, bias if bias is not None else w[1]), output_shapes=[(*x.shape[:-1], n)],
         output_dtypes=[x.dtype], threads=-(-n // per_block) * warps * 32, threadgroup=warps * 32, blocks_y=rows,
         template=[("T", x.dtype), ("QGS", group_size), ("R", r), ("U", unroll), ("HAS_BIAS", bias is not None)],
         stream=stream,
@@ -343,7 +306,7 @@ class QmvManyPlan:
 
 
 def kernel_specs():
-    return {"qmv": SPEC, "qmv_batch": SPEC_BATCH, "qmv_many": SPEC_MANY}
+    return {"qmv": SPEC, "qmv_many": SPEC_MANY}
 
 
 # --- checks ----------------------------------------------------------------------------------------------------
@@ -376,11 +339,10 @@ def check_cases(seed: int) -> list[CheckCase]:
     cases = []
     for i, (n, k, gs, rows, bias) in enumerate(CASES):
         x, q, b = make_case(n, k, gs, rows, bias, mx.random.key(seed + i))
-        for r, batch in ((1, False), (2, False), (4, False), (1, True), (4, True)):  # every launch gives MLX's bits
+        for r in (1, 2, 4):  # every launch shape gives MLX's bits
             cases.append(CheckCase(
-                "qmv", f"{n}x{k}_g{gs}_m{rows}_r{r}{'_batch' if batch else ''}", "bfloat16",
-                kernel=lambda x=x, q=q, b=b, gs=gs, r=r, bt=batch: [qmv(x, q, group_size=gs, bits=4, bias=b,
-                                                                         rows_per_warp=r, batch=bt)],
+                "qmv", f"{n}x{k}_g{gs}_m{rows}_r{r}", "bfloat16",
+                kernel=lambda x=x, q=q, b=b, gs=gs, r=r: [qmv(x, q, group_size=gs, bits=4, bias=b, rows_per_warp=r)],
                 reference=lambda x=x, q=q, b=b, gs=gs: [qmv_reference(x, q, group_size=gs, bits=4, bias=b)],
                 exact=True))
     # several matrices in one launch: q/k/v of llama's and qwen3's shapes (biased, gpt-oss-like), gate/up, odd sizes
@@ -428,7 +390,7 @@ def reference_checks(seed: int) -> list[RefCheck]:
 OP = OpInfo(
     name="qmv",
     summary="quantized matrix x one token (QuantizedLinear at decode) in MLX's CUDA qmv numerics, more rows in flight",
-    variants=("qmv", "qmv_batch", "qmv_many"),
+    variants=("qmv", "qmv_many"),
     reference="zmlx.kernels.ops.qmv.qmv_reference",
     kernel_specs=kernel_specs,
     check_cases=check_cases,
