@@ -44,10 +44,9 @@ DEFAULTS = "<defaults>"
 
 def parse_config(name: str) -> tuple[list[str] | None, dict[str, bool]] | None:
     """'moe+qk+fuse' -> (patterns, patch kwargs); None for 'stock'; 'default' is patch() with no arguments."""
-    parts = [p for p in name.split("+") if p != "qmv"]  # "qmv": a switch (set_qmv), with any configuration
-    if parts == ["stock"]:
+    if name == "stock":
         return None
-    name = "+".join(parts)
+    parts = name.split("+")
     if parts[0] == "default" and all(p in SWITCHES or p in OPT_INS or p in PARTS for p in parts[1:]):
         extra = [pattern for p in parts[1:] if p in PARTS for pattern in PARTS[p]]
         return ([DEFAULTS, *extra] if extra else None), {OPT_INS[p]: True for p in parts[1:] if p in OPT_INS}
@@ -78,27 +77,6 @@ def patterns_for(model, patterns: list[str] | None) -> list[str] | None:
 
         return FAMILIES[detect_model_type(model)].default_patterns() + patterns[1:]
     return patterns
-
-
-_QL_CALL = None
-
-
-def set_qmv(on: bool) -> None:
-    """Experiment: every QuantizedLinear at decode through zk.qmv (on) or MLX's own call (off)."""
-    global _QL_CALL
-    import mlx.nn as nn
-    from zmlx import kernels as zk
-
-    if _QL_CALL is None:
-        _QL_CALL = nn.QuantizedLinear.__call__
-
-    def call(self, x):
-        if getattr(self, "mode", "affine") == "affine" and x.size == x.shape[-1]:
-            return zk.qmv(x, (self["weight"], self["scales"], self.get("biases")), group_size=self.group_size,
-                          bits=self.bits, bias=self.get("bias"))
-        return _QL_CALL(self, x)
-
-    nn.QuantizedLinear.__call__ = call if on else _QL_CALL
 
 
 def apply_switches(name: str) -> None:
@@ -157,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         for name in names[rnd % len(names):] + names[: rnd % len(names)]:
             cfg = configs[name]
             apply_switches(name)
-            set_qmv("qmv" in name.split("+"))
             if cfg is not None:
                 patch(model, patterns=patterns_for(model, cfg[0]), verbose=False, **cfg[1])
             try:

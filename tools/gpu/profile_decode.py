@@ -29,13 +29,11 @@ PROMPT_TOKENS = 128
 
 def _model(name: str, config: str, cache_dir: str | None):
     import mlx.core as mx
-    from ab_decode import apply_switches, parse_config, patterns_for, set_qmv
+    from ab_decode import apply_switches, parse_config, patterns_for
     from zmlx.validate import load_model
 
     model, _, _ = load_model(name, cache_dir=cache_dir)
     apply_switches(config)
-    set_qmv("qmv" in config.split("+"))
-    config = "+".join(p for p in config.split("+") if p != "qmv")
     if config == "default":
         from zmlx.patch import patch
 

@@ -105,9 +105,18 @@ def _write_once(path: Path, text: str) -> None:
     if path.exists() and path.read_text() == text:
         return
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)  # atomic: a concurrent process reads the old file or the whole new one
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)  # atomic: a concurrent process reads the old file or the whole new one
+    except BaseException:
+        os.unlink(tmp)  # no half-written file left behind
+        raise
+
+
+def _shape_params(spec: KernelSpec, source: str) -> list[str]:
+    """The ``<input>_shape/_strides/_ndim`` parameters MLX passes for ``source``: those it finds in the text."""
+    return [f"{p.name}{sfx}" for p in spec.inputs for sfx in ("_shape", "_strides", "_ndim") if f"{p.name}{sfx}" in source]
 
 
 def by_include(spec: KernelSpec, src: EmittedSource) -> tuple[str, str] | None:
@@ -129,10 +138,9 @@ def by_include(spec: KernelSpec, src: EmittedSource) -> tuple[str, str] | None:
         _write_once(head, src.header)
     except OSError:
         return None
-    used = [f"{p.name}{sfx}" for p in spec.inputs for sfx in ("_shape", "_strides", "_ndim")
-            if f"{p.name}{sfx}" in src.source]
+    used = _shape_params(spec, src.source)
     source = f"  // uses {' '.join(used)}\n#include \"{body}\"\n"
-    if [f"{p.name}{s}" for p in spec.inputs for s in ("_shape", "_strides", "_ndim") if f"{p.name}{s}" in source] != used:
+    if _shape_params(spec, source) != used:
         return None  # the path itself would make MLX pass another parameter: keep the text inline
     return source, f'#include "{head}"\n'
 

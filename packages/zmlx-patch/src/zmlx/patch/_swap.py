@@ -21,7 +21,7 @@ import mlx.nn as nn
 # (original class, pattern name, max_fused_tokens, site, compiled) -> patched subclass; one class per combination so
 # unpatching is a __class__ assignment (plus dropping the compiled function, the one per-instance attribute).
 _CLASSES: dict[tuple[type, str, int, Any, bool], type] = {}
-COMPILED = _COMPILED = "_zmlx_compiled"
+_COMPILED = "_zmlx_compiled"
 _SUSPENDED = "_zmlx_suspended"  # the patched class of a module that core.suspended gave its original class for now
 
 FusedFn = Callable[..., Any]
@@ -40,6 +40,11 @@ def compiled_fn(module: nn.Module, build: Callable[..., Callable[..., Any]], *ar
         fn = build(*args)
         object.__setattr__(module, _COMPILED, fn)
     return fn
+
+
+def forget_compiled(module: nn.Module) -> None:
+    """Drop what ``compiled_fn`` built for ``module`` (its next call builds it again)."""
+    module.__dict__.pop(_COMPILED, None)
 
 
 def _trace_block(module: nn.Module, site: Any, fused: FusedFn) -> Callable[[mx.array], mx.array]:
@@ -112,7 +117,7 @@ def restore(module: nn.Module) -> bool:
     suspended = module.__dict__.pop(_SUSPENDED, None)
     if original is None and suspended is None:
         return False
-    module.__dict__.pop(_COMPILED, None)
+    forget_compiled(module)
     if original is not None:
         module.__class__ = original
     return True

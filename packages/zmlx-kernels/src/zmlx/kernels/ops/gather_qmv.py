@@ -15,6 +15,7 @@ than 8 slots, x shared by every slot or one row per slot. Everything else runs `
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 
 from ..backend import launch, target_for
 from ..emit import KernelSpec, Param
@@ -80,7 +81,7 @@ def gather_qmv(x: mx.array, w: Quant, indices: mx.array, *, group_size: int, bit
     if target_for(stream) != "cuda" or not fits(x, w, indices, group_size, bits):
         return gather_qmv_reference(x, w, indices, group_size=group_size, bits=bits)
     n, slots = w[0].shape[1], indices.size
-    lead = tuple(int(d) for d in _broadcast(tuple(x.shape[:-2]), tuple(indices.shape)))
+    lead = np.broadcast_shapes(tuple(x.shape[:-2]), tuple(indices.shape))
     (out,) = launch(
         SPEC, "cuda", inputs=(x, *w, (indices if indices.dtype == mx.uint32 else indices.astype(mx.uint32)).reshape(-1)), output_shapes=[(*lead, 1, n)],
         output_dtypes=[x.dtype], threads=-(-n // WARPS) * WARPS * 32, threadgroup=WARPS * 32, blocks_y=slots,
@@ -89,12 +90,6 @@ def gather_qmv(x: mx.array, w: Quant, indices: mx.array, *, group_size: int, bit
         stream=stream,
     )
     return out
-
-
-def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-    n = max(len(a), len(b))
-    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
-    return tuple(max(p, q) for p, q in zip(a, b, strict=True))
 
 
 def kernel_specs():

@@ -18,15 +18,15 @@ from __future__ import annotations
 import re
 
 import mlx.core as mx
-import numpy as np
 
 from ..backend import constant, launch, position_input, target_for
 from ..emit import KernelSpec, Param
-from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64, dtype_name
+from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
 from ._qmv import qmv_rows, rows_per_warp
 from .attention import NORM_ROPE, _log2f, qk_norm_rope, qk_norm_rope_reference
 from .moe_experts import Quant, mlx_numerics
 from .norms import RMS_SUM_OF_SQUARES, mlx_rms_layout
+from .qmv import projection_error
 
 _BODY = """\
   const int hb = int(zm_bid);  // q heads, then k heads, then v heads
@@ -254,31 +254,36 @@ def check_cases(seed: int) -> list[CheckCase]:
     return cases
 
 
-def reference_checks(seed: int) -> list[RefCheck]:
-    """The reference's v (the projection) against float64 math on the dequantized weights; q/k are
-    qk_norm_rope_reference of the same projections, checked in attention.py."""
+# the reference checks' prologue shape: 4 q heads, 2 kv heads of 64, width 256, 4-bit g64
+CHECK_SHAPE = (4, 2, 64, 256, 64, 4)
+
+
+def value_checks(op: str, variant: str, seed: int, run) -> list[RefCheck]:
+    """A prologue reference's v (a plain projection, + bias) against float64 math, in float32 and bf16:
+    ``run(dtype, key) -> (x, v quant, v got, bias or None)`` at CHECK_SHAPE."""
     out = []
     key = mx.random.key(seed)
     for dtype in (mx.float32, mx.bfloat16):
         key, sub = mx.random.split(key)
-        hq, hk, hd, d, gs, bits = 4, 2, 64, 256, 64, 4
-        x, (q, k, v), qw, kw = make_case(hq, hk, hd, d, gs, bits, sub, dtype)
-        _, _, got = qkv_norm_rope_reference(x, q, k, v, qw, kw, 1e-6, 1e-6, n_heads=hq, n_kv_heads=hk,
-                                            group_size=gs, bits=bits, offset=5, base=10000.0)
-        out.append(RefCheck("qkv", "qkv_norm_rope v", dtype_name(dtype), value_error(x, v, got, gs, bits),
+        x, v, got, bias = run(dtype, sub)
+        gs, bits = CHECK_SHAPE[4:]
+        out.append(RefCheck(op, variant, dtype_name(dtype), projection_error(x, v, got, gs, bits, bias),
                             REF_TOLERANCE[dtype]))
     return out
 
 
-def value_error(x: mx.array, v: Quant, got: mx.array, group_size: int, bits: int,
-                bias: mx.array | None = None) -> float:
-    """Largest error of a reference's v ``(1, HK, 1, HD)`` against float64 math on the dequantized projection
-    (``+ bias``), relative to the magnitudes summed."""
-    wd, xd = as_float64(mx.dequantize(*v, group_size=group_size, bits=bits)), as_float64(x).reshape(-1)
-    bd = 0.0 if bias is None else as_float64(bias)
-    want = wd @ xd + bd
-    scale = np.abs(wd) @ np.abs(xd) + np.abs(bd) + 1e-3
-    return float(np.max(np.abs(as_float64(got).reshape(-1) - want) / scale))
+def reference_checks(seed: int) -> list[RefCheck]:
+    """The reference's v (the projection) against float64 math on the dequantized weights; q/k are
+    qk_norm_rope_reference of the same projections, checked in attention.py."""
+    hq, hk, hd, d, gs, bits = CHECK_SHAPE
+
+    def run(dtype, key):
+        x, (q, k, v), qw, kw = make_case(hq, hk, hd, d, gs, bits, key, dtype)
+        _, _, got = qkv_norm_rope_reference(x, q, k, v, qw, kw, 1e-6, 1e-6, n_heads=hq, n_kv_heads=hk,
+                                            group_size=gs, bits=bits, offset=5, base=10000.0)
+        return x, v, got, None
+
+    return value_checks("qkv", "qkv_norm_rope v", seed, run)
 
 
 OP = OpInfo(

@@ -22,12 +22,21 @@ import mlx.core as mx
 
 from ..backend import constant, launch, position_input, target_for
 from ..emit import KernelSpec, Param
-from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, dtype_name
+from ._base import CheckCase, OpInfo, RefCheck
 from ._qmv import qmv_rows, rows_per_warp
 from .attention import _log2f
 from .moe_experts import Quant
 from .norms import mlx_rms_layout
-from .qkv import INPUT_NORM, QMV_X, _project, input_norm_fits, make_case, projections_fit, value_error
+from .qkv import (
+    CHECK_SHAPE,
+    INPUT_NORM,
+    QMV_X,
+    _project,
+    input_norm_fits,
+    make_case,
+    projections_fit,
+    value_checks,
+)
 
 _BODY = """\
   const int hb = int(zm_bid);  // q heads, then k heads, then v heads
@@ -207,17 +216,15 @@ def check_cases(seed: int) -> list[CheckCase]:
 def reference_checks(seed: int) -> list[RefCheck]:
     """The reference's v (projection + bias) against float64 math on the dequantized weights; q/k are
     ``mx.fast.rope`` of the same projections, MLX's own op."""
-    out = []
-    key = mx.random.key(seed)
-    for dtype in (mx.float32, mx.bfloat16):
-        key, sub = mx.random.split(key)
-        hq, hk, hd, d, gs, bits = 4, 2, 64, 256, 64, 4
-        x, (q, k, v), biases, rope = _case(hq, hk, hd, d, gs, bits, "base", True, sub, dtype)
+    hq, hk, hd, d, gs, bits = CHECK_SHAPE
+
+    def run(dtype, key):
+        x, (q, k, v), biases, rope = _case(hq, hk, hd, d, gs, bits, "base", True, key, dtype)
         _, _, got = qkv_rope_reference(x, q, k, v, n_heads=hq, n_kv_heads=hk, group_size=gs, bits=bits, offset=5,
                                        biases=biases, **rope)
-        out.append(RefCheck("qkv_rope", "v + bias", dtype_name(dtype), value_error(x, v, got, gs, bits, biases[2]),
-                            REF_TOLERANCE[dtype]))
-    return out
+        return x, v, got, biases[2]
+
+    return value_checks("qkv_rope", "v + bias", seed, run)
 
 
 OP = OpInfo(

@@ -29,7 +29,7 @@ def _plan(module: nn.Module) -> QmvPlan:
     w = plan.w
     if w[0] is not module["weight"] or w[1] is not module["scales"] or w[2] is not module["biases"] \
             or plan.bias is not module.get("bias"):  # arrays replaced (load_weights, update): a new plan
-        module.__dict__.pop(_swap.COMPILED, None)
+        _swap.forget_compiled(module)
         plan = _swap.compiled_fn(module, _build, module)
     return plan
 
