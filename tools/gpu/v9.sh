@@ -4,6 +4,9 @@
 #     default + quantized_linear on every tiny family; builds the named synthetic checkpoints meanwhile
 #   bash tools/gpu/v9.sh ab MODEL CONFIG...  # in-process interleaved A/B (ab_decode.py), 3 rounds of 128 tokens
 #   bash tools/gpu/v9.sh capsule MODEL TAG [zmlx-bench run flags]  # 500 tokens x 5 runs -> $OUT/MODEL_TAG.json
+#   bash tools/gpu/v9.sh prefill MODEL CONFIG...  # in-process interleaved prefill A/B (prefill_ab.py), 8 rounds
+#   bash tools/gpu/v9.sh experts [OLD_KERNELS_PY]  # fused expert MLPs at decode (bench_kernels --experts-only);
+#     with a path, again with that moe_experts_kernels.py swapped in (an earlier version), then restored
 set -uo pipefail
 OUT=${OUT:-/tmp/zmlx-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MLX_CUDA_USE_CUDNN_SDPA=0
@@ -32,5 +35,19 @@ case "${1:-}" in
       --out "$OUT/${m}_${tag}.json" 2>&1 | grep -v "incorrect regex pattern" | tail -2
     python3 -m zmlx.bench report "$OUT/${m}_${tag}.json" 2>&1 | grep -E "^synthetic:" | head -2
     ;;
-  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]" >&2; exit 2 ;;
+  prefill)
+    m=synthetic:$2; shift 2
+    timeout 560 python3 tools/gpu/prefill_ab.py "$m" --configs "$@" --rounds 8 2>&1 | tail -$(( $# + 1 ))
+    ;;
+  experts)
+    f=packages/zmlx-kernels/src/zmlx/kernels/ops/moe_experts_kernels.py
+    timeout 250 python3 tools/bench_kernels.py --experts-only > "$OUT/experts-new.md" 2>&1
+    if [ -n "${2:-}" ]; then
+      cp "$f" /tmp/zm-current.py && cp "$2" "$f"
+      timeout 250 python3 tools/bench_kernels.py --experts-only > "$OUT/experts-old.md" 2>&1
+      cp /tmp/zm-current.py "$f"
+    fi
+    for s in new old; do [ -f "$OUT/experts-$s.md" ] && { echo "== $s"; grep -E "^\\|" "$OUT/experts-$s.md"; }; done
+    ;;
+  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]|prefill MODEL CONFIG...|experts [OLD]" >&2; exit 2 ;;
 esac

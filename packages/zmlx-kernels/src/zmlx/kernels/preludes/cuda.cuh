@@ -83,6 +83,8 @@ ZM_FN void zm_mma_bf16_16816(float& d0, float& d1, float& d2, float& d3, uint32_
 template <typename U> ZM_FN uint4 zm_load16(const U* p) { return *reinterpret_cast<const uint4*>(p); }
 // 8 bytes from global memory in one load (p must be 8-byte aligned).
 template <typename U> ZM_FN uint2 zm_load8(const U* p) { return *reinterpret_cast<const uint2*>(p); }
+// 4 bytes (a bf16 pair) from global memory in one load (p must be 4-byte aligned).
+template <typename U> ZM_FN uint32_t zm_load4(const U* p) { return *reinterpret_cast<const uint32_t*>(p); }
 // Packed bf16 pairs in a uint32 (low half first): one HFMA2.BF16 / HSUB2 per pair, one rounding per half, as MLX's
 // qmv computes them. zm_perm is PRMT (__byte_perm): bytes of (b:a) picked by the selector's nibbles.
 ZM_FN uint32_t zm_bf2_fma(uint32_t a, uint32_t b, uint32_t c) {
@@ -95,5 +97,10 @@ ZM_FN uint32_t zm_bf2_sub(uint32_t a, uint32_t b) {
   return *reinterpret_cast<uint32_t*>(&r);
 }
 ZM_FN uint32_t zm_perm(uint32_t a, uint32_t b, uint32_t sel) { return __byte_perm(a, b, sel); }
+// 4-bit codes (t & 0xF, (t >> 4) & 0xF) as an exact bf16 pair, low half first: 0x4300 | q is 128 + q, then
+// minus 128, exact (the MMA kernels' B fragments: two adjacent k of one row)
+ZM_FN uint32_t zm_q4pair(uint32_t t) {
+  return zm_bf2_sub((t & 0xFu) | ((t << 12) & 0xF0000u) | 0x43004300u, 0x43004300u);
+}
 ZM_FN float zm_bf2_lo(uint32_t p) { return __uint_as_float(p << 16); }
 ZM_FN float zm_bf2_hi(uint32_t p) { return __uint_as_float(p & 0xffff0000u); }

@@ -98,6 +98,7 @@ ZM_FN void zm_mma_bf16_16816(thread float& d0, thread float& d1, thread float& d
 }
 template <typename U> ZM_FN uint4 zm_load16(const device U* p) { return *reinterpret_cast<const device uint4*>(p); }
 template <typename U> ZM_FN uint2 zm_load8(const device U* p) { return *reinterpret_cast<const device uint2*>(p); }
+template <typename U> ZM_FN uint32_t zm_load4(const device U* p) { return *reinterpret_cast<const device uint32_t*>(p); }
 // Packed bf16 pairs in a uint (low half first). Metal: float math, rounded to bf16 (nearest even) per half; the
 // float fma then the bf16 rounding can round twice where CUDA's HFMA2.BF16 rounds once (unverified on Metal).
 ZM_FN float zm_bf2_lo(uint p) { return as_type<float>(p << 16); }
@@ -117,4 +118,9 @@ ZM_FN uint zm_perm(uint a, uint b, uint sel) {  // CUDA's __byte_perm: result by
     r |= (((s < 4 ? a : b) >> (8 * (s & 3u))) & 0xffu) << (8 * i);
   }
   return r;
+}
+// 4-bit codes (t & 0xF, (t >> 4) & 0xF) as an exact bf16 pair, low half first: 0x4300 | q is 128 + q, then
+// minus 128, exact (the MMA kernels' B fragments: two adjacent k of one row)
+ZM_FN uint32_t zm_q4pair(uint32_t t) {
+  return zm_bf2_sub((t & 0xFu) | ((t << 12) & 0xF0000u) | 0x43004300u, 0x43004300u);
 }
