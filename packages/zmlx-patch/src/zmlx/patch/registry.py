@@ -105,13 +105,13 @@ FUSE_ON_CUDA: dict[str, str] = {
 # projections' launches cost no Python per step
 ON_CUDA: dict[str, dict[str, str]] = {
     "llama": dict.fromkeys(("attention_layer", "quantized_linear"),
-        "with both: llama-3-8b decode x1.021 [0.795, 1.262] and x1.185 [0.938, 1.374] (4/5 pairs), within noise, "
-        "capsules/20261127_h100_llama-3-8b_defaults-v9_7734bd2.json, "
-        "capsules/20261127_h100_llama-3-8b_defaults-v9-2_7734bd2.json; in-process A/B x1.27 "
-        "against the previous defaults' x1.03 (docs/perf-notes.md v9)"),
+        "with both (+ qmv_many): llama-3-8b decode x1.367 [1.218, 1.403], faster, 5/5 pairs (prefill x0.891), "
+        "capsules/20261127_h200_llama-3-8b_defaults-v10_20608aa.json; before qmv_many x1.021 and x1.185, within "
+        "noise, capsules/20261127_h100_llama-3-8b_defaults-v9_7734bd2.json (docs/perf-notes.md v9, v10)"),
     "qwen3_moe": dict.fromkeys(("attention_layer", "quantized_linear"),
-        "with both: qwen3-30b-a3b decode x1.225 [1.055, 1.862], faster, 5/5 pairs, "
-        "capsules/20261127_h100_qwen3-30b-a3b_defaults-v9_7734bd2.json; in-process A/B x1.44 against x1.30 (perf-notes v9)"),
+        "with both: qwen3-30b-a3b decode x1.333 [1.050, 1.482], faster, 5/5 pairs, "
+        "capsules/20261127_h200_qwen3-30b-a3b_defaults-v10_20608aa.json; x1.225 [1.055, 1.862] before the MMA "
+        "experts' restructure, capsules/20261127_h100_qwen3-30b-a3b_defaults-v9_7734bd2.json (perf-notes v9, v10)"),
 }
 
 
