@@ -5,8 +5,11 @@
 #   bash tools/gpu/v9.sh ab MODEL CONFIG...  # in-process interleaved A/B (ab_decode.py), 3 rounds of 128 tokens
 #   bash tools/gpu/v9.sh capsule MODEL TAG [zmlx-bench run flags]  # 500 tokens x 5 runs -> $OUT/MODEL_TAG.json
 #   bash tools/gpu/v9.sh prefill MODEL CONFIG...  # in-process interleaved prefill A/B (prefill_ab.py), 8 rounds
-#   bash tools/gpu/v9.sh experts [OLD_KERNELS_PY]  # fused expert MLPs at decode (bench_kernels --experts-only);
-#     with a path, again with that moe_experts_kernels.py swapped in (an earlier version), then restored
+#   bash tools/gpu/v9.sh graphs MODEL CONFIG...  # per configuration, CUDA graph API calls over one 2 x 64-token
+#     ab_decode run under nsys (cudaGraphInstantiate against cudaGraphExecUpdate: MLX's graph cache, perf-notes v10b)
+#   bash tools/gpu/v9.sh experts [OLD_KERNELS_PY]  # fused expert MLPs at decode (bench_kernels --experts-only;
+#     top-k < 8 rows also "(qmv core)": moe_experts_q4.py); with a path, again with that moe_experts_kernels.py
+#     swapped in (an earlier version), then restored
 set -uo pipefail
 OUT=${OUT:-/tmp/zmlx-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MLX_CUDA_USE_CUDNN_SDPA=0
@@ -19,7 +22,7 @@ case "${1:-}" in
         cache_dir='/tmp/zmlx-synth')" "synthetic:$m" > "$OUT/build-$m.log" 2>&1; echo "built $m: exit $?" ) &
     done
     ( timeout 500 "${PT[@]}" packages/zmlx-kernels/tests/test_kernels_gpu.py > "$OUT/k.log" 2>&1 ) &
-    ( timeout 500 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "quantized_linear or default or quantized_switch_linear" \
+    ( timeout 500 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "quantized_linear or default or quantized_switch_linear or q4core" \
       > "$OUT/p.log" 2>&1 ) &
     wait
     for f in k p; do echo "== $f: $(tail -1 "$OUT/$f.log")"; grep -E "^FAILED|^ERROR" "$OUT/$f.log" | head -8; done
@@ -39,6 +42,16 @@ case "${1:-}" in
     m=synthetic:$2; shift 2
     timeout 560 python3 tools/gpu/prefill_ab.py "$m" --configs "$@" --rounds 8 2>&1 | tail -$(( $# + 1 ))
     ;;
+  graphs)
+    m=synthetic:$2; shift 2
+    command -v nsys >/dev/null || { echo "graphs: no nsys on this host" >&2; exit 2; }
+    for c in "$@"; do
+      timeout 250 nsys profile -t cuda -o "$OUT/graphs-$c" --force-overwrite true \
+        python3 tools/gpu/ab_decode.py "$m" --configs "$c" --rounds 1 -m 64 > "$OUT/graphs-$c.log" 2>&1
+      echo "== $c: $(grep -E "^  $c " "$OUT/graphs-$c.log")"
+      nsys stats -q -r cuda_api_sum -f csv "$OUT/graphs-$c.nsys-rep" 2>/dev/null | grep -iE "graph|Name" | cut -d, -f2-3,9
+    done
+    ;;
   experts)
     f=packages/zmlx-kernels/src/zmlx/kernels/ops/moe_experts_kernels.py
     timeout 250 python3 tools/bench_kernels.py --experts-only > "$OUT/experts-new.md" 2>&1
@@ -49,5 +62,5 @@ case "${1:-}" in
     fi
     for s in new old; do [ -f "$OUT/experts-$s.md" ] && { echo "== $s"; grep -E "^\\|" "$OUT/experts-$s.md"; }; done
     ;;
-  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]|prefill MODEL CONFIG...|experts [OLD]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]|prefill MODEL CONFIG...|graphs MODEL CONFIG...|experts [OLD]" >&2; exit 2 ;;
 esac

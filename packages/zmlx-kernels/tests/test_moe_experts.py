@@ -31,5 +31,21 @@ def test_down_combine_rejects_a_residual_it_would_round_differently():
 def test_every_down_combine_kernel_has_a_residual_case():
     variants = [c.variant for c in moe_experts.check_cases(seed=0) if c.variant.startswith("down_combine")]
     with_res = [v for v in variants if v.endswith("+residual")]
-    assert with_res and len(with_res) == len(moe_experts.CASES)
+    q4 = [c for c in moe_experts.CASES if c[6] == 4 and c[2] < 8]  # also run on zk.qmv's core (moe_experts_q4)
+    assert with_res and len(with_res) == len(moe_experts.CASES) + len(q4) and q4
     assert any("mma" in v for v in with_res) and any("qmv" in v for v in with_res)
+    assert sum("qmv_core" in v for v in with_res) == len(q4)
+
+
+def test_qmv_core_is_a_launch_choice_the_cpu_ignores():
+    # off the GPU both paths are the reference: identical results, whatever the flag
+    x, inds, scores, gate, up, down, (gb, ub, db) = moe_experts.make_case(31, 3, 192, 320, 64, 4, True,
+                                                                         mx.random.key(7))
+    kw = dict(group_size=64, bits=4)
+    h = [zk.moe_gate_up(x, inds, gate, up, activation="swiglu_oai", gate_bias=gb, up_bias=ub, qmv_core=c, **kw)
+         for c in (False, True)]
+    y = [zk.moe_down_combine(h[0], inds, down, scores, fp32=True, down_bias=db, qmv_core=c, **kw)
+         for c in (False, True)]
+    assert mx.array_equal(h[0], h[1]).item() and mx.array_equal(y[0], y[1]).item()
+    assert mx.array_equal(h[0], moe_experts.moe_gate_up_reference(x, inds, gate, up, activation="swiglu_oai",
+                                                                  gate_bias=gb, up_bias=ub, **kw)).item()

@@ -45,3 +45,30 @@ def test_non_affine_quantization_keeps_the_blocks_own_projections(family, monkey
     assert mx.array_equal(model(one), want).item()
     assert sum(calls.values()) == 0
     unpatch(model)
+
+
+@pytest.mark.parametrize("core", [False, True])
+def test_qmv_core_switch_reaches_both_expert_launches_exactly(core, monkeypatch):
+    """_experts.QMV_CORE (ab_decode's 'q4core') hands qmv_core to both fused expert ops; results are unchanged."""
+    from zmlx import kernels as zk
+    from zmlx.patch.patterns import _experts
+
+    model = tiny.build("lfm2_moe", quantized=True)
+    one = tiny.tokens(1)
+    want = model(one)
+    seen = []
+    for name in ("moe_gate_up", "moe_down_combine"):
+        real = getattr(zk, name)
+
+        def spy(*a, _real=real, _name=name, **kw):
+            seen.append((_name, kw.get("qmv_core")))
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(zk, name, spy)
+    monkeypatch.setattr(_experts, "QMV_CORE", core)
+    patch(model, verbose=False, fuse_projections=True, compile_blocks=False)
+    try:
+        assert mx.array_equal(model(one), want).item()
+    finally:
+        unpatch(model)
+    assert {n for n, _ in seen} == {"moe_gate_up", "moe_down_combine"} and {c for _, c in seen} == {core}

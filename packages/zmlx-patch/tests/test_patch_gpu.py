@@ -25,9 +25,11 @@ from mlx_lm.models.switch_layers import QuantizedSwitchLinear
 from mlx_lm.sample_utils import make_sampler
 from zmlx.kernels.backend import gpu_backend
 from zmlx.kernels.ops import gather_qmv as GQ
+from zmlx.kernels.ops import moe_experts as ME
 from zmlx.kernels.ops.qmv import QmvManyPlan, QmvPlan
 from zmlx.kernels.ops.router import VARIANTS as ROUTER_VARIANTS
 from zmlx.patch import patch, unpatch
+from zmlx.patch.patterns import _experts as EX
 from zmlx.patch.registry import FAMILIES
 
 pytestmark = [
@@ -97,6 +99,14 @@ def _count_kernel_calls(monkeypatch) -> dict[str, int]:
         return real_launch(*a, **kw)
 
     monkeypatch.setattr(GQ, "launch", spy_launch)
+    counts["moe_q4"] = 0
+    real_me = ME.launch
+
+    def spy_me(spec, *a, **kw):  # fused experts launched on zk.qmv's core (moe_experts_q4.py)
+        counts["moe_q4"] += "_q4" in spec.name
+        return real_me(spec, *a, **kw)
+
+    monkeypatch.setattr(ME, "launch", spy_me)
     return counts
 
 
@@ -132,12 +142,13 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 # the defaults + the opt-in attention_layer pattern (qwen3, qwen3_moe decoder layers traced around the cache update);
 # stacked: the defaults + attention_layer (where a family has it) + residual_norm + fuse_router + fuse_qkv, the
 # fewest launches: a MoE layer's add, norm, router and routing as one zk.add_norm_router, a traced layer's input norm,
-# projections and RoPE as one zk.qkv_norm_rope (qk-norm attention) or zk.qkv_rope (Llama-style)
+# projections and RoPE as one zk.qkv_norm_rope (qk-norm attention) or zk.qkv_rope (Llama-style); q4core: fused
+# projections with 4-bit top-k < 8 experts on zk.qmv's core (moe_experts_q4.py, the measurement switch QMV_CORE)
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
          "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {"fuse_router": True},
          "qkv": {"fuse_qkv": True}, "conv_proj": {"fuse_conv_proj": True}, "attention_layer": {},
          "stacked": {"fuse_router": True, "fuse_qkv": True}, "quantized_linear": {},
-         "quantized_switch_linear": {"fuse_projections": False}}
+         "quantized_switch_linear": {"fuse_projections": False}, "q4core": {"fuse_projections": True}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -161,6 +172,10 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
     if mode == "stacked" and not ({"attention_layer", "residual_norm"} & set(spec.sites)):
         pytest.skip(f"{family} has no decoder layer that fuses its residual add and norm")
     model = models(family)
+    if mode == "q4core":  # fused 4-bit top-k < 8 experts on zk.qmv's core (moe_experts_q4.py; _experts.QMV_CORE)
+        if "moe_mlp" not in spec.sites or _top_k(model) >= 8:
+            pytest.skip(f"{family} has no top-k < 8 MoE block")
+        monkeypatch.setattr(EX, "QMV_CORE", True)
     prompt = tiny.tokens(6)[0]
     seq = tiny.tokens(N_LOGIT_STEPS, seed=5)
     base = _greedy(model, prompt, N_TOKENS)
@@ -226,6 +241,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
             assert calls["gather_qmv_kernel"] > 0, f"{family}: no expert projection ran zk.gather_qmv's kernel"
         if mode == "conv_proj":
             assert calls["short_conv_proj"] > 0, f"{family}: the conv in_proj was not fused"
+        if mode == "q4core":
+            assert calls["moe_q4"] > 0, f"{family}: no expert launch took zk.qmv's core"
     finally:
         restored = unpatch(model)
     assert restored == result.total, f"{family}: unpatch restored {restored} of {result.total} modules"

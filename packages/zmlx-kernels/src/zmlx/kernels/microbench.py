@@ -162,25 +162,31 @@ def _expert_cases(key: mx.array) -> list[tuple[str, str, float, Callable, Callab
         q = [mx.quantize((mx.random.normal((ne, n, kk), key=keys[j + 1]) * 0.05).astype(mx.bfloat16), 64, 4)
              for j, (n, kk) in enumerate(((i, d), (i, d), (d, i)))]
         bytes_per_expert = sum(w.nbytes + s.nbytes + b.nbytes for w, s, b in q) / ne
+        # top-k < 8 (qmv numerics) also on zk.qmv's core (moe_experts_q4.py): the same results, another launch shape
+        cores = (False, True) if k < 8 else (False,)
         if e == 0:
             g, u = [tuple(a[0] for a in qq) for qq in q[:2]]
-            out.append((name, f"[1,{d}]->[1,{i}] gate+up", 2 * bytes_per_expert / 3,
-                        lambda x=x, g=g, u=u: me.dense_gate_up(x, g, u, group_size=64, bits=4),
-                        lambda x=x, g=g, u=u: me.dense_gate_up_reference(x, g, u, group_size=64, bits=4,
-                                                                        activation="swiglu")))
+            for core in cores:
+                out.append((name + (" (qmv core)" if core else ""), f"[1,{d}]->[1,{i}] gate+up",
+                            2 * bytes_per_expert / 3,
+                            lambda x=x, g=g, u=u, c=core: me.dense_gate_up(x, g, u, group_size=64, bits=4, qmv_core=c),
+                            lambda x=x, g=g, u=u: me.dense_gate_up_reference(x, g, u, group_size=64, bits=4,
+                                                                            activation="swiglu")))
             continue
         inds = mx.random.permutation(e, key=keys[4])[:k].astype(mx.uint32)
         scores = mx.softmax(mx.random.normal((k,), key=keys[5])).astype(mx.bfloat16)
 
-        def fused(x=x, inds=inds, q=q, scores=scores):
-            h = me.moe_gate_up(x, inds, q[0], q[1], group_size=64, bits=4)
-            return me.moe_down_combine(h, inds, q[2], scores, group_size=64, bits=4, fp32=False)
+        def fused(x=x, inds=inds, q=q, scores=scores, core=False):
+            h = me.moe_gate_up(x, inds, q[0], q[1], group_size=64, bits=4, qmv_core=core)
+            return me.moe_down_combine(h, inds, q[2], scores, group_size=64, bits=4, fp32=False, qmv_core=core)
 
         def ref(x=x, inds=inds, q=q, scores=scores):
             h = me.moe_gate_up_reference(x, inds, q[0], q[1], group_size=64, bits=4, activation="swiglu")
             return me.moe_down_combine_reference(h, inds, q[2], scores, group_size=64, bits=4, fp32=False)
 
-        out.append((name, f"E={e} k={k} D={d} I={i}", k * bytes_per_expert, fused, ref))
+        for core in cores:
+            out.append((name + (" (qmv core)" if core else ""), f"E={e} k={k} D={d} I={i}", k * bytes_per_expert,
+                        lambda f=fused, c=core: f(core=c), ref))
     return out
 
 

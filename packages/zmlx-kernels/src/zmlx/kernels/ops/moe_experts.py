@@ -10,6 +10,8 @@ qmm_naive, more than one token) runs the reference.
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 import numpy as np
 
@@ -80,7 +82,8 @@ def dense_gate_up_reference(x, gate: Quant, up: Quant, *, group_size, bits, acti
 
 
 def dense_gate_up(x: mx.array, gate: Quant, up: Quant, *, group_size: int, bits: int, activation: str = "swiglu",
-                  alpha: float = 1.702, limit: float = 7.0, stream: mx.Stream | None = None) -> mx.array:
+                  alpha: float = 1.702, limit: float = 7.0, qmv_core: bool = False,
+                  stream: mx.Stream | None = None) -> mx.array:
     """``act(gate(x), up(x))`` of a dense quantized MLP for one token, shaped like ``x`` with ``N`` columns.
 
     MLX runs a one-token quantized_matmul as qmv, the same arithmetic as gather_qmv: one fused launch replaces
@@ -92,7 +95,7 @@ def dense_gate_up(x: mx.array, gate: Quant, up: Quant, *, group_size: int, bits:
         return dense_gate_up_reference(x, gate, up, group_size=group_size, bits=bits, activation=activation,
                                        alpha=alpha, limit=limit)
     return moe_gate_up(x, constant((0,), mx.uint32), gate, up, group_size=group_size, bits=bits, activation=activation,
-                       alpha=alpha, limit=limit, out_shape=(*x.shape[:-1], n), stream=stream)
+                       alpha=alpha, limit=limit, out_shape=(*x.shape[:-1], n), qmv_core=qmv_core, stream=stream)
 
 
 def _fusable(x: mx.array, qs: tuple[Quant, ...]) -> bool:
@@ -102,10 +105,12 @@ def _fusable(x: mx.array, qs: tuple[Quant, ...]) -> bool:
 def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group_size: int, bits: int,
                 activation: str = "swiglu", gate_bias: mx.array | None = None, up_bias: mx.array | None = None,
                 alpha: float = 1.702, limit: float = 7.0, out_shape: tuple[int, ...] | None = None,
-                stream: mx.Stream | None = None) -> mx.array:
+                qmv_core: bool = False, stream: mx.Stream | None = None) -> mx.array:
     """Activation of the gate and up projections of the ``k`` experts in ``indices`` for one token: ``[k, N]``.
 
     ``out_shape`` (same size) names the result's shape directly: every reshape is a graph node on the decode path.
+    ``qmv_core``: 4-bit launches in MLX's qmv numerics take moe_experts_q4.py's kernel (zk.qmv's launch shape and
+    packed dequantisation, the same results); others are unaffected.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -120,6 +125,18 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
         return h if out_shape is None else h.reshape(out_shape)
     params = constant((alpha, limit))
     has_bias = gate_bias is not None
+    if qmv_core and numerics == "qmv" and bits == 4:
+        from . import moe_experts_q4 as q4  # it builds on qmv.py, which imports this module
+
+        return launch(
+            q4.SPECS[f"gate_up_q4_{activation}"], target,
+            inputs=(x, indices if indices.dtype == mx.uint32 else indices.astype(mx.uint32), *gate, *up,
+                    gate_bias if has_bias else _dummy(x.dtype), up_bias if has_bias else _dummy(x.dtype), params),
+            output_shapes=[out_shape or (k, n)], output_dtypes=[x.dtype], threads=-(-n // q4.WARPS) * q4.WARPS * 32,
+            threadgroup=q4.WARPS * 32, blocks_y=k,
+            template=[("T", x.dtype), ("GS", group_size), ("U", 4), ("HAS_BIAS", has_bias), ("X_PER_EXPERT", False)],
+            stream=stream,
+        )[0]
     warps = 8 if numerics == "qmv" else 4
     rows_per_block = warps if numerics == "qmv" else warps * 8
     blocks = -(-n // rows_per_block)
@@ -139,10 +156,12 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
 
 def moe_down_combine(h: mx.array, indices: mx.array, down: Quant, scores: mx.array, *, group_size: int,
                      bits: int, fp32: bool, down_bias: mx.array | None = None, residual: mx.array | None = None,
-                     out_shape: tuple[int, ...] | None = None, stream: mx.Stream | None = None) -> mx.array:
+                     out_shape: tuple[int, ...] | None = None, qmv_core: bool = False,
+                     stream: mx.Stream | None = None) -> mx.array:
     """Down projection of each expert's ``h`` row, then the family's weighted combine in routing order: ``[D]``
     (or ``out_shape``, same size). ``residual`` (``[D]`` values, the combine's dtype) is added last, rounded
-    once, as a decoder layer's ``h + moe(x)``."""
+    once, as a decoder layer's ``h + moe(x)``. ``qmv_core`` as in ``moe_gate_up``: one warp per output row over all
+    k slots (moe_experts_q4.py)."""
     target = target_for(stream)
     k = indices.size
     n, kdim = down[0].shape[-2], h.shape[-1]
@@ -157,12 +176,22 @@ def moe_down_combine(h: mx.array, indices: mx.array, down: Quant, scores: mx.arr
         y = moe_down_combine_reference(h, indices, down, scores, group_size=group_size, bits=bits, fp32=fp32,
                                        down_bias=down_bias, residual=residual)
         return y if out_shape is None else y.reshape(out_shape)
+    inputs = (h, indices if indices.dtype == mx.uint32 else indices.astype(mx.uint32), *down,
+              down_bias if down_bias is not None else _dummy(h.dtype), scores,
+              residual if residual is not None else _dummy(out_dtype))
+    if qmv_core and numerics == "qmv" and bits == 4:
+        from . import moe_experts_q4 as q4
+
+        return launch(
+            q4.DOWN_SPEC, target, inputs=inputs, output_shapes=[out_shape or (n,)], output_dtypes=[out_dtype],
+            threads=-(-n // q4.WARPS) * q4.WARPS * 32, threadgroup=q4.WARPS * 32,
+            template=[("T", h.dtype), ("P", p), ("O", out_dtype), ("GS", group_size), ("KTOP", k), ("U", 2),
+                      ("HAS_BIAS", down_bias is not None), ("HAS_RES", residual is not None)],
+            stream=stream,
+        )[0]
     blocks = n if numerics == "qmv" else -(-n // 8)
     return launch(
-        SPECS[f"down_combine_{numerics}"], target,
-        inputs=(h, indices if indices.dtype == mx.uint32 else indices.astype(mx.uint32), *down,
-                down_bias if down_bias is not None else _dummy(h.dtype), scores,
-                residual if residual is not None else _dummy(out_dtype)),
+        SPECS[f"down_combine_{numerics}"], target, inputs=inputs,
         output_shapes=[out_shape or (n,)], output_dtypes=[out_dtype], threads=blocks * k * 32, threadgroup=k * 32,
         template=[("T", h.dtype), ("A", mx.float32 if bits == 8 else h.dtype), ("P", p), ("O", out_dtype),
                   ("BITS", bits), ("GS", group_size), ("KTOP", k), ("HAS_BIAS", down_bias is not None),
@@ -179,6 +208,8 @@ CASES = (
     ("qmv top2 8-bit", 8, 2, 256, 128, 64, 8, "swiglu", False),
     ("qmv top4 g32 oai+bias", 8, 4, 384, 256, 32, 4, "swiglu_oai", True),
     ("qmv top1 g128 gelu", 4, 1, 256, 128, 128, 4, "geglu_tanh", False),
+    ("qmv top3 E33 (odd slots, experts)", 33, 3, 192, 320, 64, 4, "swiglu", False),
+    ("qmv top7 E31 g32", 31, 7, 256, 128, 32, 4, "geglu_erf", False),
     ("mma top8", 16, 8, 256, 128, 64, 4, "swiglu", False),
     ("mma top8 g128 8-bit", 8, 8, 512, 256, 128, 8, "swiglu", False),
     ("mma top8 oai+bias", 16, 8, 256, 128, 64, 4, "swiglu_oai", True),
@@ -210,25 +241,36 @@ def check_cases(seed: int) -> list[CheckCase]:
     for name, e, k, d, i, gs, bits, act, bias in CASES:
         key, sub = mx.random.split(key)
         x, inds, scores, gate, up, down, (gb, ub, db) = make_case(e, k, d, i, gs, bits, bias, sub)
-        kw = dict(group_size=gs, bits=bits)
-        h_ref = moe_gate_up_reference(x, inds, gate, up, activation=act, gate_bias=gb, up_bias=ub, **kw)
-        cases.append(CheckCase(
-            op="moe_experts", variant=f"gate_up {name}", dtype="bfloat16",
-            kernel=lambda x=x, inds=inds, g=gate, u=up, a=act, gb=gb, ub=ub, kw=kw: [
-                moe_gate_up(x, inds, g, u, activation=a, gate_bias=gb, up_bias=ub, **kw)],
-            reference=lambda h=h_ref: [h], exact=True))
-        # the residual epilogue on the fp32 combine (the output stays in x's dtype), residual with ties to x
-        res = mx.where(mx.arange(d) % 5 == 0, x, -x).astype(mx.bfloat16)
-        for fp32, sc, r in ((False, scores, None), (True, scores.astype(mx.float32), None),
-                            (True, scores.astype(mx.float32), res)):
+        h_ref = moe_gate_up_reference(x, inds, gate, up, activation=act, gate_bias=gb, up_bias=ub, group_size=gs,
+                                      bits=bits)
+        # 4-bit qmv-numerics cases also run on zk.qmv's core (moe_experts_q4.py), which must give the same bits
+        for core in (False, True) if bits == 4 and k < 8 else (False,):
+            kw = dict(group_size=gs, bits=bits, qmv_core=core)
+            tag = " qmv_core" if core else ""
             cases.append(CheckCase(
-                op="moe_experts", variant=f"down_combine {name} fp32={fp32}{' +residual' if r is not None else ''}",
-                dtype="bfloat16",
-                kernel=lambda h=h_ref, inds=inds, dn=down, sc=sc, f=fp32, db=db, kw=kw, r=r: [
-                    moe_down_combine(h, inds, dn, sc, fp32=f, down_bias=db, residual=r, **kw)],
-                reference=lambda h=h_ref, inds=inds, dn=down, sc=sc, f=fp32, db=db, kw=kw, r=r: [
-                    moe_down_combine_reference(h, inds, dn, sc, fp32=f, down_bias=db, residual=r, **kw)],
-                exact=True))
+                op="moe_experts", variant=f"gate_up {name}{tag}", dtype="bfloat16",
+                kernel=lambda x=x, inds=inds, g=gate, u=up, a=act, gb=gb, ub=ub, kw=kw: [
+                    moe_gate_up(x, inds, g, u, activation=a, gate_bias=gb, up_bias=ub, **kw)],
+                reference=lambda h=h_ref: [h], exact=True))
+            cases += _down_cases(name + tag, x, d, h_ref, inds, scores, down, db, kw)
+    return cases
+
+
+def _down_cases(name, x, d, h_ref, inds, scores, down, db, kw) -> list[CheckCase]:
+    cases = []
+    ref_kw = {k: v for k, v in kw.items() if k != "qmv_core"}
+    # the residual epilogue on the fp32 combine (the output stays in x's dtype), residual with ties to x
+    res = mx.where(mx.arange(d) % 5 == 0, x, -x).astype(mx.bfloat16)
+    for fp32, sc, r in ((False, scores, None), (True, scores.astype(mx.float32), None),
+                        (True, scores.astype(mx.float32), res)):
+        cases.append(CheckCase(
+            op="moe_experts", variant=f"down_combine {name} fp32={fp32}{' +residual' if r is not None else ''}",
+            dtype="bfloat16",
+            kernel=lambda h=h_ref, inds=inds, dn=down, sc=sc, f=fp32, db=db, kw=kw, r=r: [
+                moe_down_combine(h, inds, dn, sc, fp32=f, down_bias=db, residual=r, **kw)],
+            reference=lambda h=h_ref, inds=inds, dn=down, sc=sc, f=fp32, db=db, kw=ref_kw, r=r: [
+                moe_down_combine_reference(h, inds, dn, sc, fp32=f, down_bias=db, residual=r, **kw)],
+            exact=True))
     return cases
 
 
@@ -246,10 +288,11 @@ def dense_check_cases(seed: int) -> list[CheckCase]:
         gate, up = (mx.quantize((mx.random.normal((n, d), key=kk) * 0.05).astype(mx.bfloat16), gs, bits)
                     for kk in (k2, k3))
         kw = dict(group_size=gs, bits=bits, activation=act)
-        cases.append(CheckCase(
-            op="moe_experts", variant=name, dtype="bfloat16",
-            kernel=lambda x=x, g=gate, u=up, kw=kw: [dense_gate_up(x, g, u, **kw)],
-            reference=lambda x=x, g=gate, u=up, kw=kw: [dense_gate_up_reference(x, g, u, **kw)], exact=True))
+        for core in (False, True) if bits == 4 else (False,):
+            cases.append(CheckCase(
+                op="moe_experts", variant=name + (" qmv_core" if core else ""), dtype="bfloat16",
+                kernel=lambda x=x, g=gate, u=up, kw=kw, core=core: [dense_gate_up(x, g, u, qmv_core=core, **kw)],
+                reference=lambda x=x, g=gate, u=up, kw=kw: [dense_gate_up_reference(x, g, u, **kw)], exact=True))
     return cases
 
 
@@ -282,6 +325,8 @@ def reference_checks(seed: int) -> list[RefCheck]:
         elif act == "swiglu_oai":
             gm = np.minimum(xg, 7.0)
             h64 = (np.clip(xu, -7, 7) + 1) * gm / (1 + np.exp(-1.702 * gm))
+        elif act == "geglu_erf":
+            h64 = 0.5 * xg * (1 + np.vectorize(math.erf)(xg / np.sqrt(2))) * xu
         else:
             h64 = 0.5 * xg * (1 + np.tanh(np.sqrt(2 / np.pi) * (xg + 0.044715 * xg**3))) * xu
         yk = np.einsum("kdi,ki->kd", deq(down)[sel], f64(h)) + (f64(db)[sel] if bias else 0)
@@ -292,12 +337,18 @@ def reference_checks(seed: int) -> list[RefCheck]:
     return out
 
 
+def _q4_specs():
+    from .moe_experts_q4 import SPECS as Q4
+
+    return Q4
+
+
 OP = OpInfo(
     name="moe_experts",
     summary="quantized expert MLP at decode: gate+up+activation, down+combine (MLX qmv / qmm_sm80 numerics)",
-    variants=tuple(SPECS),
+    variants=(*SPECS, "gate_up_q4_<activation>", "down_combine_q4"),
     reference="zmlx.kernels.ops.moe_experts.moe_{gate_up,down_combine}_reference (mx.gather_qmm as SwitchGLU)",
-    kernel_specs=lambda: dict(SPECS),
+    kernel_specs=lambda: {**SPECS, **_q4_specs()},
     check_cases=lambda seed: check_cases(seed) + dense_check_cases(seed),
     reference_checks=reference_checks,
 )

@@ -16,6 +16,9 @@ from mlx_lm.models.activations import SwigluOAI
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwiGLU, SwitchGLU
 from zmlx import kernels as zk
 
+# Measurement switch (tools/gpu/ab_decode.py part 'q4core'), read when a block is traced: 4-bit top-k < 8 experts on
+# moe_experts_q4.py's kernels (zk.qmv's launch shape, the same bits). The default once a capsule shows it faster.
+QMV_CORE = False
 
 @dataclass(frozen=True)
 class ExpertPlan:
@@ -80,6 +83,8 @@ def fused_experts(plan: ExpertPlan, x: mx.array, inds: mx.array, scores: mx.arra
     (``residual +`` that, when given)."""
     gb, ub, db = plan.biases
     h = zk.moe_gate_up(x, inds, plan.gate, plan.up, group_size=plan.group_size, bits=plan.bits,
-                       activation=plan.activation, gate_bias=gb, up_bias=ub, alpha=plan.alpha, limit=plan.limit)
+                       activation=plan.activation, gate_bias=gb, up_bias=ub, alpha=plan.alpha, limit=plan.limit,
+                       qmv_core=QMV_CORE)
     return zk.moe_down_combine(h, inds, plan.down, scores, group_size=plan.group_size, bits=plan.bits, fp32=fp32,
-                               down_bias=db, residual=residual, out_shape=(*x.shape[:-1], plan.down[0].shape[-2]))
+                               down_bias=db, residual=residual, out_shape=(*x.shape[:-1], plan.down[0].shape[-2]),
+                               qmv_core=QMV_CORE)
