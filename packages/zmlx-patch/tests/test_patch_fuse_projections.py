@@ -72,3 +72,22 @@ def test_qmv_core_switch_reaches_both_expert_launches_exactly(core, monkeypatch)
     finally:
         unpatch(model)
     assert {n for n, _ in seen} == {"moe_gate_up", "moe_down_combine"} and {c for _, c in seen} == {core}
+
+
+def test_qmv_core_switch_reaches_the_dense_gate_up(monkeypatch):
+    from zmlx import kernels as zk
+    from zmlx.patch.patterns import _experts
+
+    model = tiny.build("llama", quantized=True)
+    one = tiny.tokens(1)
+    want = model(one)
+    seen = []
+    real = zk.dense_gate_up
+    monkeypatch.setattr(zk, "dense_gate_up", lambda *a, **kw: seen.append(kw.get("qmv_core")) or real(*a, **kw))
+    monkeypatch.setattr(_experts, "QMV_CORE", True)
+    patch(model, verbose=False, fuse_projections=True)
+    try:
+        assert mx.array_equal(model(one), want).item()
+    finally:
+        unpatch(model)
+    assert seen and set(seen) == {True}

@@ -30,6 +30,7 @@ from zmlx.kernels.ops.qmv import QmvManyPlan, QmvPlan
 from zmlx.kernels.ops.router import VARIANTS as ROUTER_VARIANTS
 from zmlx.patch import patch, unpatch
 from zmlx.patch.patterns import _experts as EX
+from zmlx.patch.patterns import _layer
 from zmlx.patch.registry import FAMILIES
 
 pytestmark = [
@@ -99,6 +100,14 @@ def _count_kernel_calls(monkeypatch) -> dict[str, int]:
         return real_launch(*a, **kw)
 
     monkeypatch.setattr(GQ, "launch", spy_launch)
+    counts["qmv_residual"] = 0
+    real_res = QmvPlan.residual
+
+    def spy_res(self, x, res):  # a traced layer's residual add in its projection's launch (_layer.FOLD_PROJECTIONS)
+        counts["qmv_residual"] += self.kernel is not None and x.dtype == mx.bfloat16 and x.size < 8 * self.k
+        return real_res(self, x, res)
+
+    monkeypatch.setattr(QmvPlan, "residual", spy_res)
     counts["moe_q4"] = 0
     real_me = ME.launch
 
@@ -143,12 +152,14 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 # stacked: the defaults + attention_layer (where a family has it) + residual_norm + fuse_router + fuse_qkv, the
 # fewest launches: a MoE layer's add, norm, router and routing as one zk.add_norm_router, a traced layer's input norm,
 # projections and RoPE as one zk.qkv_norm_rope (qk-norm attention) or zk.qkv_rope (Llama-style); q4core: fused
-# projections with 4-bit top-k < 8 experts on zk.qmv's core (moe_experts_q4.py, the measurement switch QMV_CORE)
+# projections with 4-bit top-k < 8 experts on zk.qmv's core (moe_experts_q4.py, the measurement switch QMV_CORE);
+# projfold: quantized_linear's configuration with a traced layer's residual adds in its o_proj / dense down_proj
+# launches (zk.qmv_residual, the switch _layer.FOLD_PROJECTIONS)
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
          "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {"fuse_router": True},
          "qkv": {"fuse_qkv": True}, "conv_proj": {"fuse_conv_proj": True}, "attention_layer": {},
          "stacked": {"fuse_router": True, "fuse_qkv": True}, "quantized_linear": {},
-         "quantized_switch_linear": {"fuse_projections": False}, "q4core": {"fuse_projections": True}}
+         "quantized_switch_linear": {"fuse_projections": False}, "q4core": {"fuse_projections": True}, "projfold": {}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -169,12 +180,15 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         pytest.skip(f"{family} has no short-conv layers")
     if mode == "attention_layer" and "attention_layer" not in spec.sites:
         pytest.skip(f"{family} has no decoder layer the attention_layer pattern traces")
+    if mode == "projfold" and ("attention_layer" not in spec.sites or "conv_layer" in spec.sites):
+        pytest.skip(f"{family} has no decoder layer attention_layer traces")
     if mode == "stacked" and not ({"attention_layer", "residual_norm"} & set(spec.sites)):
         pytest.skip(f"{family} has no decoder layer that fuses its residual add and norm")
     model = models(family)
-    if mode == "q4core":  # fused 4-bit top-k < 8 experts on zk.qmv's core (moe_experts_q4.py; _experts.QMV_CORE)
-        if "moe_mlp" not in spec.sites or _top_k(model) >= 8:
-            pytest.skip(f"{family} has no top-k < 8 MoE block")
+    if mode == "q4core":  # fused 4-bit top-k < 8 experts / dense gate+up on zk.qmv's core (_experts.QMV_CORE)
+        dense = {"swiglu_mlp", "geglu_mlp"} & set(spec.sites)
+        if not dense and ("moe_mlp" not in spec.sites or _top_k(model) >= 8):
+            pytest.skip(f"{family} has no top-k < 8 MoE block or dense gated MLP")
         monkeypatch.setattr(EX, "QMV_CORE", True)
     prompt = tiny.tokens(6)[0]
     seq = tiny.tokens(N_LOGIT_STEPS, seed=5)
@@ -194,7 +208,9 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         # LFM2: conv_layer carries it and then takes the attention layers too
         fused_by = "conv_layer" if "conv_layer" in spec.sites else "residual_norm"
         expected[fused_by] = tiny.config(family)["num_hidden_layers"]
-    if mode == "quantized_linear":  # the defaults + every 4-bit projection through zk.qmv, in traced layers if any
+    if mode == "projfold":  # quantized_linear's configuration, the residual adds in o_proj's / down_proj's launch
+        monkeypatch.setattr(_layer, "FOLD_PROJECTIONS", True)
+    if mode in ("quantized_linear", "projfold"):  # the defaults + every 4-bit projection through zk.qmv, traced
         layer = "attention_layer" in spec.sites and "conv_layer" not in spec.sites
         patterns = (patterns or spec.default_patterns()) + (["attention_layer"] if layer else []) + ["quantized_linear"]
         if layer:
@@ -243,6 +259,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
             assert calls["short_conv_proj"] > 0, f"{family}: the conv in_proj was not fused"
         if mode == "q4core":
             assert calls["moe_q4"] > 0, f"{family}: no expert launch took zk.qmv's core"
+        if mode == "projfold":
+            assert calls["qmv_residual"] > 0, f"{family}: no residual add ran in its projection's launch"
     finally:
         restored = unpatch(model)
     assert restored == result.total, f"{family}: unpatch restored {restored} of {result.total} modules"

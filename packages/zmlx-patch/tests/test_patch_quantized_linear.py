@@ -8,8 +8,9 @@ import mlx.nn as nn
 import pytest
 import zmlx_patch_tiny as tiny
 from mlx_lm.models.cache import make_prompt_cache
-from zmlx.patch import patch, unpatch
+from zmlx.patch import _swap, patch, unpatch
 from zmlx.patch.patterns._structure import affine_quantized
+from zmlx.patch.registry import FAMILIES
 
 
 def _decode(model, seq, prefill=5):
@@ -122,3 +123,31 @@ def test_metal_keeps_mlx_own_projections(monkeypatch):
     assert result.counts == {} and result.skipped
     assert all("Metal" in why for _, why in result.skipped)
     unpatch(model)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "qwen3_moe"])
+def test_fold_projections_adds_the_residuals_in_the_projection_calls_exactly(family, monkeypatch):
+    """_layer.FOLD_PROJECTIONS (ab_decode's 'projfold'): in a traced layer, h = x + o_proj(a) and (dense MLPs)
+    h + down_proj(m) go through QmvPlan.residual (one zk.qmv_residual launch on CUDA); the decode is unchanged."""
+    from zmlx.kernels.ops.qmv import QmvPlan
+    from zmlx.patch.patterns import _layer
+
+    model = tiny.build(family, quantized=True, seed=3)
+    seq = tiny.tokens(9, seed=6)
+    want = _decode(model, seq)
+    folded = []
+    real = QmvPlan.residual
+    monkeypatch.setattr(QmvPlan, "residual", lambda self, x, r: folded.append(self.n) or real(self, x, r))
+    monkeypatch.setattr(_layer, "FOLD_PROJECTIONS", True)
+    patch(model, patterns=[*FAMILIES[family].default_patterns(), "attention_layer", "quantized_linear"],
+          verbose=False)
+    layers = model.model.layers
+    dense = sum(_swap.pattern_of(layer.mlp) == "swiglu_mlp" for layer in layers)
+    try:
+        got = _decode(model, seq)
+    finally:
+        unpatch(model)
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    # traced once per layer: o_proj in every layer, down_proj too where the MLP is dense (all of llama's, qwen3's)
+    assert dense == len(layers) or family == "qwen3_moe"
+    assert folded.count(tiny.config(family)["hidden_size"]) == len(layers) + dense

@@ -5,8 +5,9 @@ with top-k < 8 MLX runs ``gather_qmv``, whose arithmetic per output row is ``qmv
 slot ``l`` multiplies expert ``indices[l]``'s matrix by its x row. This kernel is qmv.py's core with the slot's
 expert and x row chosen in front of it (one slot per grid row), so every row is computed exactly as ``zk.qmv``
 computes it, which is MLX's qmv. Where MLX's gather_qmv moves a top-2 mixtral expert at ~0.6-0.7 TB/s, zk.qmv's core
-reached 1.1-1.8 TB/s on dense matrices of the same shapes (perf-notes v9). Not yet run on a GPU (written
-2026-11-27 with the device time spent): zmlx-patch uses it only under the opt-in ``quantized_switch_linear``.
+reached 1.1-1.8 TB/s on dense matrices of the same shapes (perf-notes v9). Bit-identical to mx.gather_qmm in its
+GPU checks (5d210df, H200); its speed is not yet measured, so zmlx-patch uses it only under the opt-in
+``quantized_switch_linear``.
 
 Kernel path: CUDA, bf16 x / scales / biases, affine 4-bit, one token row per slot (``x.shape[-2] == 1``), fewer
 than 8 slots, x shared by every slot or one row per slot. Everything else runs ``mx.gather_qmm`` itself.

@@ -215,13 +215,13 @@ class QmvPlan:
     H100 host, 2026-11-27). A call checks only what can change per call (x's dtype, width and rows, the device)."""
 
     __slots__ = ("w", "bias", "group_size", "bits", "n", "k", "kernel", "inputs", "template", "grid", "threadgroup",
-                 "group")
+                 "group", "res_kernel")
 
     def __init__(self, w: Quant, *, group_size: int, bits: int, bias: mx.array | None = None):
         self.w, self.bias, self.group_size, self.bits = w, bias, group_size, bits
         self.group = None  # a QmvManyPlan this matrix leads (zmlx-patch's project()), kept with it
         self.n, self.k = w[0].shape[0], (w[0].shape[-1] * 32 // bits if w[0].ndim == 2 else -1)
-        self.kernel = None
+        self.kernel = self.res_kernel = None
         if matrix_fits(w, group_size, bits, bias):  # x is checked per call
             r, warps = geometry(self.n)
             self.kernel = compiled(SPEC, "cuda") if target_for(None) == "cuda" else None
@@ -240,6 +240,22 @@ class QmvPlan:
         return self.kernel(inputs=[x, *self.inputs], output_shapes=[(*shape[:-1], self.n)],
                            output_dtypes=[mx.bfloat16], grid=(self.grid[0], rows, 1), threadgroup=self.threadgroup,
                            template=self.template)[0]
+
+    def residual(self, x: mx.array, res: mx.array) -> mx.array:
+        """``res + self(x)`` (a layer's residual add after its projection): one launch on the kernel path
+        (qmv_residual.py), else the two ops."""
+        shape = x.shape
+        if (self.kernel is None or x.dtype != mx.bfloat16 or shape[-1] != self.k or x.size >= 8 * self.k
+                or res.dtype != mx.bfloat16 or tuple(res.shape) != (*shape[:-1], self.n)
+                or mx.default_device().type != mx.DeviceType.gpu):
+            return res + self(x)
+        if self.res_kernel is None:
+            from .qmv_residual import SPEC as RES  # it builds on this module's core
+
+            self.res_kernel = compiled(RES, "cuda")
+        return self.res_kernel(inputs=[x, *self.inputs, res], output_shapes=[res.shape], output_dtypes=[mx.bfloat16],
+                               grid=(self.grid[0], x.size // self.k, 1), threadgroup=self.threadgroup,
+                               template=self.template)[0]
 
 
 def qmv_many(x: mx.array, ws: tuple[Quant, ...], *, group_size: int, bits: int,

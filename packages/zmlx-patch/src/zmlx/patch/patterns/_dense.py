@@ -13,6 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from zmlx import kernels as zk
 
+from . import _experts
 from ._structure import affine_quantized
 
 
@@ -48,4 +49,4 @@ def plan_for(block: nn.Module, gate_name: str, up_name: str) -> DensePlan | None
 
 def gate_up(plan: DensePlan, x: mx.array, activation: str) -> mx.array:
     return zk.dense_gate_up(x, plan.gate, plan.up, group_size=plan.group_size, bits=plan.bits,
-                            activation=activation)
+                            activation=activation, qmv_core=_experts.QMV_CORE)

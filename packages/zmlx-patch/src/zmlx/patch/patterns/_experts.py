@@ -16,8 +16,9 @@ from mlx_lm.models.activations import SwigluOAI
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwiGLU, SwitchGLU
 from zmlx import kernels as zk
 
-# Measurement switch (tools/gpu/ab_decode.py part 'q4core'), read when a block is traced: 4-bit top-k < 8 experts on
-# moe_experts_q4.py's kernels (zk.qmv's launch shape, the same bits). The default once a capsule shows it faster.
+# Measurement switch (tools/gpu/ab_decode.py part 'q4core'), read when a block is traced: 4-bit top-k < 8 experts and
+# dense gate+up (_dense.py) on moe_experts_q4.py's kernels (zk.qmv's launch shape, the same per-row arithmetic).
+# Off until the GPU tests find it bit-exact and a capsule faster (written without a GPU).
 QMV_CORE = False
 
 @dataclass(frozen=True)

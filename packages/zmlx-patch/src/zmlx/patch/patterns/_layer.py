@@ -8,20 +8,29 @@ import mlx.nn as nn
 from zmlx import kernels as zk
 
 from .. import _swap
-from . import moe_mlp
+from . import moe_mlp, swiglu_mlp
 
 # Whether a traced layer hands `h` to a patched MoE feed-forward to add in its last launch (tools/gpu/ab_decode.py
 # turns it off with the config part "nofold" to measure it; bit-exact either way)
 FOLD_RESIDUAL = True
+# Measurement switch (ab_decode part "projfold"): inside a traced layer, the residual adds after o_proj and after a
+# patched dense MLP's down_proj run in the projection's launch (zk's qmv_residual, where quantized_linear patched it).
+# Off until the GPU tests find it bit-exact and a capsule faster (written without a GPU)
+FOLD_PROJECTIONS = False
 
 
-def residual_ffn(layer: nn.Module, x: mx.array, r: mx.array, norm: str, ffn: str, *, residual_norm: bool,
-                 fold: bool = False) -> mx.array:
+def residual_ffn(layer: nn.Module, x: mx.array, r: mx.array | None, norm: str, ffn: str, *, residual_norm: bool,
+                 fold: bool = False, h: mx.array | None = None) -> mx.array:
     """``h = x + r; out = h + layer.<ffn>(layer.<norm>(h))``; with ``residual_norm`` the add and the (RMS) norm are
     one ``zk.add_rms_norm`` (with a fused router, the routing too: ``zk.add_norm_router``); with ``fold`` (inside a
     traced step) a patched MoE feed-forward adds ``h`` in its own last launch (the fused down+combine's epilogue,
-    the same rounding as the add)."""
+    the same rounding as the add), and under FOLD_PROJECTIONS a patched dense MLP in its down projection's. ``h``
+    given (already ``x + r``, e.g. from o_proj's launch) replaces the add; not with ``residual_norm``."""
     ff = getattr(layer, ffn)
+    if h is not None:
+        if residual_norm:
+            raise ValueError("residual_ffn: h is the add that residual_norm fuses with the norm")
+        return _ffn_add(ff, h, getattr(layer, norm)(h), fold)
     moe = _swap.site_of(ff) if _swap.pattern_of(ff) == "moe_mlp" else None
     if residual_norm and moe is not None:
         # with patch(fuse_router=True) too: the add, the norm, the router and the routing in one launch
@@ -36,6 +45,13 @@ def residual_ffn(layer: nn.Module, x: mx.array, r: mx.array, norm: str, ffn: str
     else:
         h = x + r
         normed = getattr(layer, norm)(h)
-    if fold and moe is not None:
-        return moe_mlp.fused(ff, moe, normed, residual=h)
+    return _ffn_add(ff, h, normed, fold)
+
+
+def _ffn_add(ff: nn.Module, h: mx.array, normed: mx.array, fold: bool) -> mx.array:
+    """``h + ff(normed)``, the add in the feed-forward's last launch where ``fold`` allows it."""
+    if fold and _swap.pattern_of(ff) == "moe_mlp":
+        return moe_mlp.fused(ff, _swap.site_of(ff), normed, residual=h)
+    if fold and FOLD_PROJECTIONS and _swap.pattern_of(ff) == "swiglu_mlp":
+        return swiglu_mlp.fused(ff, _swap.site_of(ff), normed, residual=h)
     return h + ff(normed)

@@ -28,7 +28,7 @@ from .._swap import compiled_fn, original_class
 from ..families import AttentionSite, LayerSite, resolve_class
 from . import _layer, qk_norm_rope
 from ._structure import affine_quantized, missing_modules
-from .quantized_linear import project
+from .quantized_linear import project, project_residual
 
 # RoPE classes whose __call__ only hands the offset to mx.fast.rope (Llama3RoPE, YarnRoPE: precomputed freqs)
 _ROPES = (nn.RoPE, Llama3RoPE, YarnRoPE)
@@ -116,7 +116,12 @@ def _fused_prologue(layer: nn.Module, attention: nn.Module, x: mx.array, pos: mx
 def _after(layer: nn.Module, site: LayerSite, x: mx.array, attended: mx.array) -> mx.array:
     attention = getattr(layer, site.attn)
     B, _, L, _ = attended.shape
-    r = attention[site.attention.out](attended.transpose(0, 2, 1, 3).reshape(B, L, -1))
+    flat = attended.transpose(0, 2, 1, 3).reshape(B, L, -1)
+    if _layer.FOLD_PROJECTIONS and not site.residual_norm:  # h = x + o_proj(a) in o_proj's launch
+        h = project_residual(attention[site.attention.out], flat, x)
+        return _layer.residual_ffn(layer, x, None, "post_attention_layernorm", site.ffn, residual_norm=False,
+                                   fold=_layer.FOLD_RESIDUAL, h=h)
+    r = attention[site.attention.out](flat)
     return _layer.residual_ffn(layer, x, r, "post_attention_layernorm", site.ffn, residual_norm=site.residual_norm,
                                fold=_layer.FOLD_RESIDUAL)
 

@@ -9,7 +9,7 @@ from zmlx import kernels as zk
 from ..families import DenseSite
 from . import _dense
 from ._structure import missing_modules
-from .quantized_linear import project
+from .quantized_linear import project, project_residual
 
 SUMMARY = (
     "gated SiLU MLP: silu(gate) * up fused (zk.swiglu); with fused projections (fuse_projections), at one token "
@@ -29,13 +29,18 @@ def check(module: nn.Module, site: DenseSite) -> str | None:
     return missing_modules(module, _NAMES[site.layout])
 
 
-def fused(self: nn.Module, site: DenseSite, x: mx.array) -> mx.array:
+def fused(self: nn.Module, site: DenseSite, x: mx.array, residual: mx.array | None = None) -> mx.array:
+    """The MLP at ``x``; with ``residual`` (a traced layer's ``h``), ``residual + mlp(x)``, the add in the down
+    projection's launch where quantized_linear patched it."""
     if site.layout in ("gate_up_down", "w1_w3_w2"):  # lfm2: w1 = gate, w3 = up, w2 = down
         gate, up, down = _NAMES[site.layout]
         plan = _dense.plan_for(self, gate, up) if site.fuse_projections and x.size == x.shape[-1] else None
         if plan is not None:  # one token: both quantized projections and the activation in one launch
-            return self[down](_dense.gate_up(plan, x, "swiglu"))
-        return self[down](zk.swiglu(*project((self[gate], self[up]), x)))  # one launch under quantized_linear
+            act = _dense.gate_up(plan, x, "swiglu")
+        else:
+            act = zk.swiglu(*project((self[gate], self[up]), x))  # one launch under quantized_linear
+        return self[down](act) if residual is None else project_residual(self[down], act, residual)
     # phi3: one projection, first half gate, second half up (mx.split as the block does)
     gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
-    return self.down_proj(zk.swiglu(gate, up))
+    act = zk.swiglu(gate, up)
+    return self.down_proj(act) if residual is None else project_residual(self.down_proj, act, residual)
