@@ -367,19 +367,25 @@ _DOWN_MMA = """\
 """
 
 
-def _act_block(act: str) -> str:
+def act_block(act: str) -> str:
     # activations.py's expression (g = gate, u = up -> y), indented for the epilogue
     return "\n".join("  " + line for line in ACT_EXPR[act].splitlines())
 
 
+# the two launches' arguments, shared by every kernel form (here and moe_experts_q4.py)
+GATE_UP_INPUTS = (Param("x", "T"), Param("inds", "uint32_t"),
+                  Param("w_gate", "uint32_t"), Param("s_gate", "T"), Param("b_gate", "T"),
+                  Param("w_up", "uint32_t"), Param("s_up", "T"), Param("b_up", "T"),
+                  Param("gate_bias", "T"), Param("up_bias", "T"), Param("params", "float"))
+DOWN_INPUTS = (Param("h", "T"), Param("inds", "uint32_t"), Param("w_down", "uint32_t"), Param("s_down", "T"),
+               Param("b_down", "T"), Param("down_bias", "T"), Param("scores", "S"), Param("residual", "O"))
+
+
 def gate_up_spec(numerics: str, act: str) -> KernelSpec:
-    body = {"qmv": _GATE_UP_QMV, "mma": _GATE_UP_MMA}[numerics].replace("@ACT@", _act_block(act))
+    body = {"qmv": _GATE_UP_QMV, "mma": _GATE_UP_MMA}[numerics].replace("@ACT@", act_block(act))
     return KernelSpec(
         name=f"moe_gate_up_{numerics}_{act}",
-        inputs=(Param("x", "T"), Param("inds", "uint32_t"),
-                Param("w_gate", "uint32_t"), Param("s_gate", "T"), Param("b_gate", "T"),
-                Param("w_up", "uint32_t"), Param("s_up", "T"), Param("b_up", "T"),
-                Param("gate_bias", "T"), Param("up_bias", "T"), Param("params", "float")),
+        inputs=GATE_UP_INPUTS,
         outputs=(Param("h", "T"),),
         body=body,
         header=_QUANT_HELPERS,
@@ -391,8 +397,7 @@ def gate_up_spec(numerics: str, act: str) -> KernelSpec:
 def down_spec(numerics: str) -> KernelSpec:
     return KernelSpec(
         name=f"moe_down_combine_{numerics}",
-        inputs=(Param("h", "T"), Param("inds", "uint32_t"), Param("w_down", "uint32_t"), Param("s_down", "T"),
-                Param("b_down", "T"), Param("down_bias", "T"), Param("scores", "S"), Param("residual", "O")),
+        inputs=DOWN_INPUTS,
         outputs=(Param("out", "O"),),
         body={"qmv": _DOWN_QMV, "mma": _DOWN_MMA}[numerics],
         header=_QUANT_HELPERS,

@@ -16,8 +16,7 @@ packed bf16, x loaded 16 bytes at a time), which zk.qmv runs bit-identically to 
 from __future__ import annotations
 
 from ..emit import KernelSpec, Param
-from .activations import _EXPR as ACT_EXPR
-from .moe_experts_kernels import ACTIVATIONS
+from .moe_experts_kernels import ACTIVATIONS, DOWN_INPUTS, GATE_UP_INPUTS, act_block
 from .qmv import _MATH
 
 WARPS = 4  # warps a block, as zk.qmv
@@ -145,27 +144,19 @@ _DOWN = """\
 """
 
 
-def _act_block(act: str) -> str:
-    return "\n".join("  " + line for line in ACT_EXPR[act].splitlines())
-
-
 def gate_up_spec(act: str) -> KernelSpec:
     return KernelSpec(
         name=f"moe_gate_up_q4_{act}",
-        inputs=(Param("x", "T"), Param("inds", "uint32_t"),
-                Param("w_gate", "uint32_t"), Param("s_gate", "T"), Param("b_gate", "T"),
-                Param("w_up", "uint32_t"), Param("s_up", "T"), Param("b_up", "T"),
-                Param("gate_bias", "T"), Param("up_bias", "T"), Param("params", "float")),
+        inputs=GATE_UP_INPUTS,
         outputs=(Param("h", "T"),),
-        body=_GATE_UP.replace("@MATH@", _MATH.rstrip("\n")).replace("@ACT@", _act_block(act)),
+        body=_GATE_UP.replace("@MATH@", _MATH.rstrip("\n")).replace("@ACT@", act_block(act)),
         templates=(("T", "bfloat16"), ("GS", 64), ("U", 4), ("HAS_BIAS", False), ("X_PER_EXPERT", False)),
     )
 
 
 DOWN_SPEC = KernelSpec(
     name="moe_down_combine_q4",
-    inputs=(Param("h", "T"), Param("inds", "uint32_t"), Param("w_down", "uint32_t"), Param("s_down", "T"),
-            Param("b_down", "T"), Param("down_bias", "T"), Param("scores", "S"), Param("residual", "O")),
+    inputs=DOWN_INPUTS,
     outputs=(Param("out", "O"),),
     body=_DOWN,
     templates=(("T", "bfloat16"), ("P", "bfloat16"), ("O", "bfloat16"), ("GS", 64), ("KTOP", 4), ("U", 2),
