@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ab_decode import apply_switches, parse_config, patterns_for  # noqa: E402
 
 
-def ttft_ms(model, prompt) -> tuple[float, float]:
-    """(ms to the first token through generate_step, ms of the prompt's forward with the cache evaluated)."""
+def ttft_ms(model, prompt, decode: int = 1) -> tuple[float, float]:
+    """(ms to the first token through generate_step, ms of the prompt's forward with the cache evaluated); the
+    generation then goes on untimed to ``decode`` tokens (a capsule decodes 500 between its prompts)."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
     from mlx_lm.models.cache import make_prompt_cache
@@ -29,9 +30,11 @@ def ttft_ms(model, prompt) -> tuple[float, float]:
 
     mx.synchronize()
     t0 = time.perf_counter()
-    gen = generate_step(prompt, model, max_tokens=2, sampler=make_sampler(temp=0.0))
+    gen = generate_step(prompt, model, max_tokens=max(decode, 2), sampler=make_sampler(temp=0.0))
     next(gen)
     first = (time.perf_counter() - t0) * 1e3
+    for _ in range(decode - 1):
+        next(gen)
     gen.close()
     mx.synchronize()
     cache = make_prompt_cache(model)
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", nargs="+", default=["stock", "default"])
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--decode-tokens", type=int, default=1, help="tokens generated (untimed) after each first one")
     p.add_argument("--cache-dir", default="/tmp/zmlx-synth")
     args = p.parse_args(argv)
     configs = {name: parse_config(name) for name in args.configs}
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 patch(model, patterns=patterns_for(model, cfg[0]), verbose=False, **cfg[1])
             try:
                 ttft_ms(model, prompt)  # untimed: a patch traces its blocks on first use (capsules patch once, warm up)
-                a, b = ttft_ms(model, prompt)
+                a, b = ttft_ms(model, prompt, args.decode_tokens)
             finally:
                 unpatch(model)
             if rnd:
