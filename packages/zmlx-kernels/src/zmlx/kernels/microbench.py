@@ -103,7 +103,8 @@ OP_CASES: tuple[OpCase, ...] = (
 
 # Decode-shape expert MLPs of the benchmark models: (name, experts, top k, hidden, intermediate); E=0 is dense.
 EXPERT_SHAPES = (("qwen3-30b-a3b experts", 128, 8, 2048, 768), ("lfm2-8b-a1b experts", 32, 4, 2048, 1792),
-                 ("gpt-oss-20b experts", 32, 4, 2880, 2880), ("llama-3-8b dense MLP", 0, 1, 4096, 14336))
+                 ("gpt-oss-20b experts", 32, 4, 2880, 2880), ("mixtral-8x7b experts", 8, 2, 4096, 14336),
+                 ("llama-3-8b dense MLP", 0, 1, 4096, 14336))
 
 
 def time_chained(fn: Callable[[], object], chain: int, reps: int) -> tuple[float, float]:
