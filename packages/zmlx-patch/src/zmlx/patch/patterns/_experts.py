@@ -21,6 +21,7 @@ from zmlx import kernels as zk
 # Off until the GPU tests find it bit-exact and a capsule faster (written without a GPU).
 QMV_CORE = False
 
+
 @dataclass(frozen=True)
 class ExpertPlan:
     """Everything the two launches need, read once from a SwitchGLU (arrays are references, not copies)."""

@@ -55,7 +55,6 @@ def project(modules: tuple[nn.Module, ...], x: mx.array) -> tuple[mx.array, ...]
     return group(x)
 
 
-
 def project_residual(module: nn.Module, x: mx.array, residual: mx.array) -> mx.array:
     """``residual + module(x)`` (a decoder layer's add after o_proj or down_proj): one launch where this pattern
     patched ``module`` (zk.qmv's core, the add its last rounding, kernels/ops/qmv_residual.py), else the two ops."""
