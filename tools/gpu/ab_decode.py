@@ -20,7 +20,8 @@ routing launch (zk.quantized_router), the q/k/v projections inside the q/k norm 
 LFM2's conv in_proj inside the short-conv launch (zk.short_conv_proj); 'noprologue' keeps compile_blocks from
 tracing the qk_norm_rope attention prologue; 'q4core' runs 4-bit top-k < 8 fused experts on zk.qmv's core
 (moe_experts_q4.py); 'projfold' adds a traced layer's residuals inside its o_proj and dense down_proj launches
-(zk.qmv_residual where quantized_linear patched them: default+layer+lin+projfold). Pattern parts after 'default' add opt-in patterns to the family's
+(zk.qmv_residual where quantized_linear patched them: default+layer+lin+projfold); 'normfold' runs a traced
+layer's norms inside the q/k/v or gate/up launch that reads them (zk.qmv_many_norm). Pattern parts after 'default' add opt-in patterns to the family's
 defaults: default+layer is patch(patterns=defaults + ['attention_layer']) (layer: the decoder layer traced around
 the KV-cache update and SDPA).
 """
@@ -38,7 +39,8 @@ PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "
 # switch part -> (pattern module, its module-level flag, the flag's value while a config naming the part runs;
 # the opposite otherwise): measurement switches that are not patch() arguments
 SWITCHES = {"nofold": ("_layer", "FOLD_RESIDUAL", False), "noprologue": ("qk_norm_rope", "TRACE_PROLOGUE", False),
-            "q4core": ("_experts", "QMV_CORE", True), "projfold": ("_layer", "FOLD_PROJECTIONS", True)}
+            "q4core": ("_experts", "QMV_CORE", True), "projfold": ("_layer", "FOLD_PROJECTIONS", True),
+            "normfold": ("_layer", "FOLD_NORMS", True)}
 # part -> the opt-in patch() argument it turns on, alone or after 'default'
 OPT_INS = {"router": "fuse_router", "qkv": "fuse_qkv", "convproj": "fuse_conv_proj", "fuse": "fuse_projections"}
 # in a parsed 'default+<pattern part>' configuration: the family's default patterns, the named ones added

@@ -31,6 +31,7 @@ from zmlx.kernels.ops.router import VARIANTS as ROUTER_VARIANTS
 from zmlx.patch import patch, unpatch
 from zmlx.patch.patterns import _experts as EX
 from zmlx.patch.patterns import _layer
+from zmlx.patch.patterns import quantized_linear as QL
 from zmlx.patch.registry import FAMILIES
 
 pytestmark = [
@@ -108,6 +109,14 @@ def _count_kernel_calls(monkeypatch) -> dict[str, int]:
         return real_res(self, x, res)
 
     monkeypatch.setattr(QmvPlan, "residual", spy_res)
+    counts["qmv_many_norm"] = 0
+    real_norm = QL.plan_normed
+
+    def spy_norm(plan, x, *a):  # a traced layer's norm in its projections' launch (_layer.FOLD_NORMS)
+        counts["qmv_many_norm"] += plan.kernel is not None and x.dtype == mx.bfloat16 and x.size < 8 * plan.k
+        return real_norm(plan, x, *a)
+
+    monkeypatch.setattr(QL, "plan_normed", spy_norm)
     counts["moe_q4"] = 0
     real_me = ME.launch
 
@@ -153,13 +162,14 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 # fewest launches: a MoE layer's add, norm, router and routing as one zk.add_norm_router, a traced layer's input norm,
 # projections and RoPE as one zk.qkv_norm_rope (qk-norm attention) or zk.qkv_rope (Llama-style); q4core: fused
 # projections with 4-bit top-k < 8 experts on zk.qmv's core (moe_experts_q4.py, the measurement switch QMV_CORE);
-# projfold: quantized_linear's configuration with a traced layer's residual adds in its o_proj / dense down_proj
-# launches (zk.qmv_residual, the switch _layer.FOLD_PROJECTIONS)
+# folds: quantized_linear's configuration with a traced layer's residual adds in its o_proj / dense down_proj
+# launches (zk.qmv_residual) and its norms in the q/k/v or gate/up launches (zk.qmv_many_norm): the switches
+# _layer.FOLD_PROJECTIONS and FOLD_NORMS
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
          "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {"fuse_router": True},
          "qkv": {"fuse_qkv": True}, "conv_proj": {"fuse_conv_proj": True}, "attention_layer": {},
          "stacked": {"fuse_router": True, "fuse_qkv": True}, "quantized_linear": {},
-         "quantized_switch_linear": {"fuse_projections": False}, "q4core": {"fuse_projections": True}, "projfold": {}}
+         "quantized_switch_linear": {"fuse_projections": False}, "q4core": {"fuse_projections": True}, "folds": {}}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -180,7 +190,7 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         pytest.skip(f"{family} has no short-conv layers")
     if mode == "attention_layer" and "attention_layer" not in spec.sites:
         pytest.skip(f"{family} has no decoder layer the attention_layer pattern traces")
-    if mode == "projfold" and ("attention_layer" not in spec.sites or "conv_layer" in spec.sites):
+    if mode == "folds" and ("attention_layer" not in spec.sites or "conv_layer" in spec.sites):
         pytest.skip(f"{family} has no decoder layer attention_layer traces")
     if mode == "stacked" and not ({"attention_layer", "residual_norm"} & set(spec.sites)):
         pytest.skip(f"{family} has no decoder layer that fuses its residual add and norm")
@@ -208,9 +218,10 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         # LFM2: conv_layer carries it and then takes the attention layers too
         fused_by = "conv_layer" if "conv_layer" in spec.sites else "residual_norm"
         expected[fused_by] = tiny.config(family)["num_hidden_layers"]
-    if mode == "projfold":  # quantized_linear's configuration, the residual adds in o_proj's / down_proj's launch
+    if mode == "folds":  # quantized_linear's configuration, residual adds and norms inside the projections' launches
         monkeypatch.setattr(_layer, "FOLD_PROJECTIONS", True)
-    if mode in ("quantized_linear", "projfold"):  # the defaults + every 4-bit projection through zk.qmv, traced
+        monkeypatch.setattr(_layer, "FOLD_NORMS", True)
+    if mode in ("quantized_linear", "folds"):  # the defaults + every 4-bit projection through zk.qmv, traced
         layer = "attention_layer" in spec.sites and "conv_layer" not in spec.sites
         patterns = (patterns or spec.default_patterns()) + (["attention_layer"] if layer else []) + ["quantized_linear"]
         if layer:
@@ -259,8 +270,10 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
             assert calls["short_conv_proj"] > 0, f"{family}: the conv in_proj was not fused"
         if mode == "q4core":
             assert calls["moe_q4"] > 0, f"{family}: no expert launch took zk.qmv's core"
-        if mode == "projfold":
+        if mode == "folds":
             assert calls["qmv_residual"] > 0, f"{family}: no residual add ran in its projection's launch"
+            if "swiglu_mlp" in spec.sites or "qk_norm_rope" not in spec.sites:  # a dense MLP or Llama-style q/k/v
+                assert calls["qmv_many_norm"] > 0, f"{family}: no norm ran in its projections' launch"
     finally:
         restored = unpatch(model)
     assert restored == result.total, f"{family}: unpatch restored {restored} of {result.total} modules"

@@ -151,3 +151,32 @@ def test_fold_projections_adds_the_residuals_in_the_projection_calls_exactly(fam
     # traced once per layer: o_proj in every layer, down_proj too where the MLP is dense (all of llama's, qwen3's)
     assert dense == len(layers) or family == "qwen3_moe"
     assert folded.count(tiny.config(family)["hidden_size"]) == len(layers) + dense
+
+
+@pytest.mark.parametrize("fold_projections", [False, True], ids=["norms", "norms+projections"])
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_fold_norms_projects_the_unnormalised_row_exactly(family, fold_projections, monkeypatch):
+    """_layer.FOLD_NORMS (ab_decode's 'normfold'): a Llama-style layer's input norm and a dense MLP's post-attention
+    norm go into their projection group's launch (zk.qmv_many_norm via plan_normed); the decode is unchanged."""
+    from zmlx.patch.patterns import _layer
+    from zmlx.patch.patterns import quantized_linear as QL
+
+    model = tiny.build(family, quantized=True, seed=4)
+    seq = tiny.tokens(9, seed=7)
+    want = _decode(model, seq)
+    widths = []
+    real = QL.plan_normed
+    monkeypatch.setattr(QL, "plan_normed", lambda plan, *a: widths.append(len(plan.n)) or real(plan, *a))
+    monkeypatch.setattr(_layer, "FOLD_NORMS", True)
+    monkeypatch.setattr(_layer, "FOLD_PROJECTIONS", fold_projections)
+    patch(model, patterns=[*FAMILIES[family].default_patterns(), "attention_layer", "quantized_linear"],
+          verbose=False)
+    try:
+        got = _decode(model, seq)
+    finally:
+        unpatch(model)
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    layers = tiny.config(family)["num_hidden_layers"]
+    # traced once per layer: gate/up after the post-attention norm; q/k/v after the input norm in llama (qwen3's
+    # prologue is qk_norm_rope's, whose input norm stays its own)
+    assert widths.count(2) == layers and widths.count(3) == (layers if family == "llama" else 0)

@@ -21,6 +21,7 @@ from .ops.norms import add_rms_norm  # noqa: E402
 from .ops.qkv import qkv_norm_rope  # noqa: E402
 from .ops.qkv_rope import qkv_rope  # noqa: E402
 from .ops.qmv import qmv, qmv_many  # noqa: E402
+from .ops.qmv_norm import qmv_many_norm  # noqa: E402
 from .ops.qmv_residual import qmv_residual  # noqa: E402
 from .ops.router import quantized_router  # noqa: E402
 from .ops.routing import grouped_sigmoid_topk, sigmoid_topk, softmax_topk, topk_softmax  # noqa: E402
@@ -44,6 +45,7 @@ __all__ = [
     "qk_norm_rope",
     "qmv",
     "qmv_many",
+    "qmv_many_norm",
     "qmv_residual",
     "qkv_norm_rope",
     "qkv_rope",

@@ -97,10 +97,22 @@ ZM_FN uint32_t zm_bf2_sub(uint32_t a, uint32_t b) {
   return *reinterpret_cast<uint32_t*>(&r);
 }
 ZM_FN uint32_t zm_perm(uint32_t a, uint32_t b, uint32_t sel) { return __byte_perm(a, b, sel); }
+ZM_FN float zm_bf2_lo(uint32_t p) { return __uint_as_float(p << 16); }
+ZM_FN float zm_bf2_hi(uint32_t p) { return __uint_as_float(p & 0xffff0000u); }
 // 4-bit codes (t & 0xF, (t >> 4) & 0xF) as an exact bf16 pair, low half first: 0x4300 | q is 128 + q, then
 // minus 128, exact (the MMA kernels' B fragments: two adjacent k of one row)
 ZM_FN uint32_t zm_q4pair(uint32_t t) {
   return zm_bf2_sub((t & 0xFu) | ((t << 12) & 0xF0000u) | 0x43004300u, 0x43004300u);
 }
-ZM_FN float zm_bf2_lo(uint32_t p) { return __uint_as_float(p << 16); }
-ZM_FN float zm_bf2_hi(uint32_t p) { return __uint_as_float(p & 0xffff0000u); }
+// RMSNorm's output for a bf16 pair of x (low half first) given the row's 1 / rms: w * T(x * inv), each half rounded
+// as MLX's rms_norm does (the float product to bf16, then the bf16 multiply by the weight); zm_rms8: four pairs
+ZM_FN uint32_t zm_rms2(uint32_t x2, uint32_t w2, float inv) {
+  const __nv_bfloat16 lo = zm_mul(__ushort_as_bfloat16((unsigned short)(w2 & 0xffffu)),
+                                  __float2bfloat16_rn(zm_bf2_lo(x2) * inv));
+  const __nv_bfloat16 hi = zm_mul(__ushort_as_bfloat16((unsigned short)(w2 >> 16)),
+                                  __float2bfloat16_rn(zm_bf2_hi(x2) * inv));
+  return zm_pack2(lo, hi);
+}
+ZM_FN uint4 zm_rms8(uint4 x, uint4 w, float inv) {
+  return make_uint4(zm_rms2(x.x, w.x, inv), zm_rms2(x.y, w.y, inv), zm_rms2(x.z, w.z, inv), zm_rms2(x.w, w.w, inv));
+}

@@ -124,3 +124,15 @@ ZM_FN uint zm_perm(uint a, uint b, uint sel) {  // CUDA's __byte_perm: result by
 ZM_FN uint32_t zm_q4pair(uint32_t t) {
   return zm_bf2_sub((t & 0xFu) | ((t << 12) & 0xF0000u) | 0x43004300u, 0x43004300u);
 }
+// RMSNorm's output for a bf16 pair of x given the row's 1 / rms: w * T(x * inv), each half rounded to bf16 twice
+// as MLX's rms_norm does (float math: the product of two bf16 values is exact in float); zm_rms8: four pairs
+ZM_FN uint32_t zm_rms2(uint32_t x2, uint32_t w2, float inv) {
+  const float tl = as_type<float>(zm_bf16_rne(zm_bf2_lo(x2) * inv) << 16);
+  const float th = as_type<float>(zm_bf16_rne(zm_bf2_hi(x2) * inv) << 16);
+  return zm_bf16_rne(zm_bf2_lo(w2) * tl) | (zm_bf16_rne(zm_bf2_hi(w2) * th) << 16);
+}
+ZM_FN uint4 zm_rms8(uint4 x, uint4 w, float inv) {
+  uint4 r;
+  r.x = zm_rms2(x.x, w.x, inv); r.y = zm_rms2(x.y, w.y, inv); r.z = zm_rms2(x.z, w.z, inv); r.w = zm_rms2(x.w, w.w, inv);
+  return r;
+}

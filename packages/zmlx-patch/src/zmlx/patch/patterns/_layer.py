@@ -17,6 +17,10 @@ FOLD_RESIDUAL = True
 # patched dense MLP's down_proj run in the projection's launch (zk's qmv_residual, where quantized_linear patched it).
 # Off until the GPU tests find it bit-exact and a capsule faster (written without a GPU)
 FOLD_PROJECTIONS = False
+# Measurement switch (ab_decode part "normfold"): inside a traced layer, a norm whose only reader is a projection group
+# patched by quantized_linear (Llama-style q/k/v after input_layernorm, a dense MLP's gate/up after the post-attention
+# norm) runs inside that group's launch (zk.qmv_many_norm). Off until the GPU tests and a capsule say so
+FOLD_NORMS = False
 
 
 def residual_ffn(layer: nn.Module, x: mx.array, r: mx.array | None, norm: str, ffn: str, *, residual_norm: bool,
@@ -30,7 +34,7 @@ def residual_ffn(layer: nn.Module, x: mx.array, r: mx.array | None, norm: str, f
     if h is not None:
         if residual_norm:
             raise ValueError("residual_ffn: h is the add that residual_norm fuses with the norm")
-        return _ffn_add(ff, h, getattr(layer, norm)(h), fold)
+        return _ffn_add(ff, h, getattr(layer, norm)(h), fold, getattr(layer, norm))
     moe = _swap.site_of(ff) if _swap.pattern_of(ff) == "moe_mlp" else None
     if residual_norm and moe is not None:
         # with patch(fuse_router=True) too: the add, the norm, the router and the routing in one launch
@@ -45,13 +49,17 @@ def residual_ffn(layer: nn.Module, x: mx.array, r: mx.array | None, norm: str, f
     else:
         h = x + r
         normed = getattr(layer, norm)(h)
+        return _ffn_add(ff, h, normed, fold, getattr(layer, norm))
     return _ffn_add(ff, h, normed, fold)
 
 
-def _ffn_add(ff: nn.Module, h: mx.array, normed: mx.array, fold: bool) -> mx.array:
-    """``h + ff(normed)``, the add in the feed-forward's last launch where ``fold`` allows it."""
+def _ffn_add(ff: nn.Module, h: mx.array, normed: mx.array, fold: bool, norm: nn.Module | None = None) -> mx.array:
+    """``h + ff(normed)``, the add in the feed-forward's last launch where ``fold`` allows it, and (FOLD_NORMS,
+    ``norm`` given) the norm in its first: ``normed`` is then never read, and a trace drops it."""
     if fold and _swap.pattern_of(ff) == "moe_mlp":
         return moe_mlp.fused(ff, _swap.site_of(ff), normed, residual=h)
-    if fold and FOLD_PROJECTIONS and _swap.pattern_of(ff) == "swiglu_mlp":
-        return swiglu_mlp.fused(ff, _swap.site_of(ff), normed, residual=h)
+    if fold and (FOLD_PROJECTIONS or FOLD_NORMS) and _swap.pattern_of(ff) == "swiglu_mlp":
+        pre = (h, norm) if FOLD_NORMS and norm is not None else None
+        y = swiglu_mlp.fused(ff, _swap.site_of(ff), normed, residual=h if FOLD_PROJECTIONS else None, pre_norm=pre)
+        return y if FOLD_PROJECTIONS else h + y
     return h + ff(normed)

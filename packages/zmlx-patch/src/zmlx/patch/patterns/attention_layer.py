@@ -28,7 +28,7 @@ from .._swap import compiled_fn, original_class
 from ..families import AttentionSite, LayerSite, resolve_class
 from . import _layer, qk_norm_rope
 from ._structure import affine_quantized, missing_modules
-from .quantized_linear import project, project_residual
+from .quantized_linear import project, project_normed, project_residual
 
 # RoPE classes whose __call__ only hands the offset to mx.fast.rope (Llama3RoPE, YarnRoPE: precomputed freqs)
 _ROPES = (nn.RoPE, Llama3RoPE, YarnRoPE)
@@ -74,11 +74,13 @@ def _before(layer: nn.Module, site: LayerSite, x: mx.array, pos: mx.array):
     fused = _fused_prologue(layer, attention, x, pos, n_heads, n_kv_heads) if site.fuse_qkv else None
     if fused is not None:
         return fused
-    normed = layer.input_layernorm(x)
     # Llama's attention line for line up to the cache update, the rope's offset an array
-    B, L, _ = normed.shape
-    # one zk.qmv_many launch where quantized_linear patched all three (else each projection's own call)
-    queries, keys, values = project((attention.q_proj, attention.k_proj, attention.v_proj), normed)
+    B, L, _ = x.shape
+    projs = (attention.q_proj, attention.k_proj, attention.v_proj)
+    if _layer.FOLD_NORMS:  # the input norm inside the projections' launch (zk.qmv_many_norm)
+        queries, keys, values = project_normed(projs, x, layer.input_layernorm)
+    else:  # one zk.qmv_many launch where quantized_linear patched all three (else each projection's own call)
+        queries, keys, values = project(projs, layer.input_layernorm(x))
     queries = queries.reshape(B, L, n_heads, -1).transpose(0, 2, 1, 3)
     keys = keys.reshape(B, L, n_kv_heads, -1).transpose(0, 2, 1, 3)
     values = values.reshape(B, L, n_kv_heads, -1).transpose(0, 2, 1, 3)

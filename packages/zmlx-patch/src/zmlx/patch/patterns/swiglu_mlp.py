@@ -9,7 +9,7 @@ from zmlx import kernels as zk
 from ..families import DenseSite
 from . import _dense
 from ._structure import missing_modules
-from .quantized_linear import project, project_residual
+from .quantized_linear import project, project_normed, project_residual
 
 SUMMARY = (
     "gated SiLU MLP: silu(gate) * up fused (zk.swiglu); with fused projections (fuse_projections), at one token "
@@ -29,14 +29,18 @@ def check(module: nn.Module, site: DenseSite) -> str | None:
     return missing_modules(module, _NAMES[site.layout])
 
 
-def fused(self: nn.Module, site: DenseSite, x: mx.array, residual: mx.array | None = None) -> mx.array:
+def fused(self: nn.Module, site: DenseSite, x: mx.array, residual: mx.array | None = None,
+          pre_norm: tuple[mx.array, nn.Module] | None = None) -> mx.array:
     """The MLP at ``x``; with ``residual`` (a traced layer's ``h``), ``residual + mlp(x)``, the add in the down
-    projection's launch where quantized_linear patched it."""
+    projection's launch where quantized_linear patched it; with ``pre_norm = (h, norm)`` (x is ``norm(h)``), gate
+    and up project ``h`` normalised in their own launch (quantized_linear's project_normed)."""
     if site.layout in ("gate_up_down", "w1_w3_w2"):  # lfm2: w1 = gate, w3 = up, w2 = down
         gate, up, down = _NAMES[site.layout]
         plan = _dense.plan_for(self, gate, up) if site.fuse_projections and x.size == x.shape[-1] else None
         if plan is not None:  # one token: both quantized projections and the activation in one launch
             act = _dense.gate_up(plan, x, "swiglu")
+        elif pre_norm is not None:
+            act = zk.swiglu(*project_normed((self[gate], self[up]), *pre_norm))
         else:
             act = zk.swiglu(*project((self[gate], self[up]), x))  # one launch under quantized_linear
         return self[down](act) if residual is None else project_residual(self[down], act, residual)
