@@ -7,6 +7,9 @@
 #   bash tools/gpu/v9.sh prefill MODEL CONFIG...  # in-process interleaved prefill A/B (prefill_ab.py), 8 rounds
 #   bash tools/gpu/v9.sh graphs MODEL CONFIG...  # per configuration, CUDA graph API calls over one 2 x 64-token
 #     ab_decode run under nsys (cudaGraphInstantiate against cudaGraphExecUpdate: MLX's graph cache, perf-notes v10b)
+#   bash tools/gpu/v9.sh measure  # session 7's one-call round after `tests`: experts, then the A/Bs of the switches
+#     written in session 6 (q4core, projfold, normfold) on gpt-oss, lfm2, llama, qwen3 and mixtral (checkpoints
+#     that `tests` built; a missing one is built first, which can take minutes)
 #   bash tools/gpu/v9.sh experts [OLD_KERNELS_PY]  # fused expert MLPs at decode (bench_kernels --experts-only;
 #     top-k < 8 rows also "(qmv core)": moe_experts_q4.py); with a path, again with that moe_experts_kernels.py
 #     swapped in (an earlier version), then restored
@@ -52,6 +55,14 @@ case "${1:-}" in
       nsys stats -q -r cuda_api_sum -f csv "$OUT/graphs-$c.nsys-rep" 2>/dev/null | grep -iE "graph|Name" | cut -d, -f2-3,9
     done
     ;;
+  measure)
+    bash "$0" experts 2>&1 | grep -E "^\\| (qwen3|lfm2|gpt-oss|mixtral|llama)"
+    bash "$0" ab gpt-oss-20b stock default default+q4core default+layer+lin+q4core
+    bash "$0" ab lfm2-8b-a1b stock default default+q4core
+    bash "$0" ab llama-3-8b stock default default+projfold default+projfold+normfold default+fuse+q4core
+    bash "$0" ab qwen3-30b-a3b stock default default+projfold
+    bash "$0" ab mixtral-8x7b stock default default+fuse+q4core default+switch
+    ;;
   experts)
     f=packages/zmlx-kernels/src/zmlx/kernels/ops/moe_experts_kernels.py
     timeout 250 python3 tools/bench_kernels.py --experts-only > "$OUT/experts-new.md" 2>&1
@@ -62,5 +73,5 @@ case "${1:-}" in
     fi
     for s in new old; do [ -f "$OUT/experts-$s.md" ] && { echo "== $s"; grep -E "^\\|" "$OUT/experts-$s.md"; }; done
     ;;
-  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]|prefill MODEL CONFIG...|graphs MODEL CONFIG...|experts [OLD]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]|prefill MODEL CONFIG...|graphs MODEL CONFIG...|measure|experts [OLD]" >&2; exit 2 ;;
 esac
