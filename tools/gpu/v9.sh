@@ -60,7 +60,7 @@ case "${1:-}" in
     bash "$0" ab gpt-oss-20b stock default default+q4core default+layer+lin+q4core
     bash "$0" ab lfm2-8b-a1b stock default default+q4core
     bash "$0" ab llama-3-8b stock default default+projfold default+projfold+normfold default+fuse+q4core
-    bash "$0" ab qwen3-30b-a3b stock default default+projfold
+    bash "$0" ab qwen3-30b-a3b stock default default+projfold+normfold
     bash "$0" ab mixtral-8x7b stock default default+fuse+q4core default+switch
     ;;
   experts)

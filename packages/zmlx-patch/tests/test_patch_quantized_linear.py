@@ -156,8 +156,8 @@ def test_fold_projections_adds_the_residuals_in_the_projection_calls_exactly(fam
 @pytest.mark.parametrize("fold_projections", [False, True], ids=["norms", "norms+projections"])
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_fold_norms_projects_the_unnormalised_row_exactly(family, fold_projections, monkeypatch):
-    """_layer.FOLD_NORMS (ab_decode's 'normfold'): a Llama-style layer's input norm and a dense MLP's post-attention
-    norm go into their projection group's launch (zk.qmv_many_norm via plan_normed); the decode is unchanged."""
+    """_layer.FOLD_NORMS (ab_decode's 'normfold'): a traced layer's input norm and a dense MLP's post-attention norm
+    go into their projection group's launch (zk.qmv_many_norm via plan_normed); the decode is unchanged."""
     from zmlx.patch.patterns import _layer
     from zmlx.patch.patterns import quantized_linear as QL
 
@@ -177,6 +177,6 @@ def test_fold_norms_projects_the_unnormalised_row_exactly(family, fold_projectio
         unpatch(model)
     assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
     layers = tiny.config(family)["num_hidden_layers"]
-    # traced once per layer: gate/up after the post-attention norm; q/k/v after the input norm in llama (qwen3's
-    # prologue is qk_norm_rope's, whose input norm stays its own)
-    assert widths.count(2) == layers and widths.count(3) == (layers if family == "llama" else 0)
+    # traced once per layer: gate/up after the post-attention norm, q/k/v after the input norm (llama's own
+    # prologue, qwen3's qk_norm_rope prologue)
+    assert widths.count(2) == layers and widths.count(3) == layers

@@ -18,8 +18,8 @@ FOLD_RESIDUAL = True
 # Off until the GPU tests find it bit-exact and a capsule faster (written without a GPU)
 FOLD_PROJECTIONS = False
 # Measurement switch (ab_decode part "normfold"): inside a traced layer, a norm whose only reader is a projection group
-# patched by quantized_linear (Llama-style q/k/v after input_layernorm, a dense MLP's gate/up after the post-attention
-# norm) runs inside that group's launch (zk.qmv_many_norm). Off until the GPU tests and a capsule say so
+# patched by quantized_linear (q/k/v after input_layernorm, a dense MLP's gate/up after the post-attention norm) runs
+# inside that group's launch (zk.qmv_many_norm). Off until the GPU tests and a capsule say so
 FOLD_NORMS = False
 
 

@@ -20,8 +20,9 @@ from zmlx.kernels.backend import positions
 
 from .._swap import compiled_fn, original_class
 from ..families import AttentionSite
+from . import _layer
 from ._structure import affine_quantized, missing_modules
-from .quantized_linear import project
+from .quantized_linear import project, project_normed
 
 # Whether compile_blocks traces the prologue at one token (tools/gpu/ab_decode.py turns it off with the config part
 # "noprologue" to measure it; bit-exact either way)
@@ -60,11 +61,14 @@ def _prologue(self: nn.Module, site: AttentionSite, x: mx.array, offset: int | m
               input_norm: nn.Module | None = None):
     """q, k, v in the cache's (B, H, L, D) layout; ``offset`` an int or, in the traced step, one int32 array.
     ``input_norm``: the decoder layer's norm still to apply to ``x`` (a whole-layer trace passes it)."""
-    B, L, _ = x.shape
     q_norm, k_norm, rope = self[site.q_norm], self[site.k_norm], self.rope
     # patch(fuse_qkv=True): 3 projections, 6 reshapes/transposes and the norm + RoPE launch as one launch
     # (zk.qkv_norm_rope); opt-in: slower on the device than the three qmv launches it replaces (v8)
     quant = _quantized_qkv(self) if site.fuse_qkv else None
+    projs = (self.q_proj, self.k_proj, self.v_proj)
+    if input_norm is not None and quant is None and _layer.FOLD_NORMS:
+        # the input norm inside the q/k/v launch (zk.qmv_many_norm; opt-in measurement switch)
+        return _norm_rope(self, site, *project_normed(projs, x, input_norm), offset)
     if input_norm is not None and (quant is None or type(input_norm) is not nn.RMSNorm):
         x, input_norm = input_norm(x), None
     if quant is not None:
@@ -75,7 +79,14 @@ def _prologue(self: nn.Module, site: AttentionSite, x: mx.array, offset: int | m
             offset=offset, base=rope.base, scale=rope.scale, traditional=rope.traditional,
             input_norm=None if input_norm is None else (input_norm["weight"], input_norm.eps),
         )
-    queries, keys, values = project((self.q_proj, self.k_proj, self.v_proj), x)  # one launch under quantized_linear
+    return _norm_rope(self, site, *project(projs, x), offset)  # one projection launch under quantized_linear
+
+
+def _norm_rope(self: nn.Module, site: AttentionSite, queries: mx.array, keys: mx.array, values: mx.array,
+               offset: int | mx.array):
+    """The projections' rows to q, k (per-head RMSNorm + RoPE, one zk launch) and v in the cache's layout."""
+    B, L, _ = queries.shape
+    q_norm, k_norm, rope = self[site.q_norm], self[site.k_norm], self.rope
     queries, keys = zk.qk_norm_rope(
         queries.reshape(B, L, self.n_heads, -1), keys.reshape(B, L, self.n_kv_heads, -1),
         q_norm["weight"], k_norm["weight"], q_norm.eps, k_norm.eps,
