@@ -92,6 +92,24 @@ def apply_switches(name: str) -> None:
         setattr(importlib.import_module(f"zmlx.patch.patterns.{module}"), flag, on == (switch in name.split("+")))
 
 
+def with_config(model, name: str, cfg, fn):
+    """``fn()`` with configuration ``name`` applied to ``model`` (its switches, then patch()), unpatched after."""
+    from zmlx.patch import patch, unpatch
+
+    apply_switches(name)
+    if cfg is not None:
+        patch(model, patterns=patterns_for(model, cfg[0]), verbose=False, **cfg[1])
+    try:
+        return fn()
+    finally:
+        unpatch(model)
+
+
+def rotation(names: list[str], rnd: int) -> list[str]:
+    """The configurations' order in round ``rnd``: rotated each round so none always follows the same one."""
+    return names[rnd % len(names):] + names[: rnd % len(names)]
+
+
 # Tokens not timed at the start of each decode: a configuration is re-patched every round, so its first decode steps
 # trace its blocks again (compile_blocks), a cost a user who patches once pays once per process, not per token
 UNTIMED = 4
@@ -124,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     configs = {name: parse_config(name) for name in args.configs}
 
     import mlx.core as mx
-    from zmlx.patch import patch, unpatch
     from zmlx.validate import load_model
 
     model, _, _ = load_model(args.model, cache_dir=args.cache_dir)
@@ -136,16 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     names = list(configs)
     paired: dict[str, list[float]] = {c: [] for c in configs}  # stock ms / config ms within one round
     for rnd in range(args.rounds + 1):  # round 0 warms every configuration up (compiles, traces)
-        # rotate the order each round so no configuration always follows the same one
-        for name in names[rnd % len(names):] + names[: rnd % len(names)]:
-            cfg = configs[name]
-            apply_switches(name)
-            if cfg is not None:
-                patch(model, patterns=patterns_for(model, cfg[0]), verbose=False, **cfg[1])
-            try:
-                toks, per_token = decode(model, prompt, args.max_tokens)
-            finally:
-                unpatch(model)
+        for name in rotation(names, rnd):
+            toks, per_token = with_config(model, name, configs[name], lambda: decode(model, prompt, args.max_tokens))
             if name == "stock" and ref is None:
                 ref = toks
             if ref is not None and toks != ref:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ab_decode import apply_switches, parse_config, patterns_for  # noqa: E402
+from ab_decode import parse_config, rotation, with_config  # noqa: E402
 
 
 def ttft_ms(model, prompt, decode: int = 1) -> tuple[float, float]:
@@ -56,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     configs = {name: parse_config(name) for name in args.configs}
 
     import mlx.core as mx
-    from zmlx.patch import patch, unpatch
     from zmlx.validate import load_model
 
     model, _, _ = load_model(args.model, cache_dir=args.cache_dir)
@@ -66,16 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     fwd: dict[str, list[float]] = {c: [] for c in configs}
     names = list(configs)
     for rnd in range(args.rounds + 1):  # round 0 warms every configuration up
-        for name in names[rnd % len(names):] + names[: rnd % len(names)]:
-            cfg = configs[name]
-            apply_switches(name)
-            if cfg is not None:
-                patch(model, patterns=patterns_for(model, cfg[0]), verbose=False, **cfg[1])
-            try:
+        for name in rotation(names, rnd):
+            def run():
                 ttft_ms(model, prompt)  # untimed: a patch traces its blocks on first use (capsules patch once, warm up)
-                a, b = ttft_ms(model, prompt, args.decode_tokens)
-            finally:
-                unpatch(model)
+                return ttft_ms(model, prompt, args.decode_tokens)
+
+            a, b = with_config(model, name, configs[name], run)
             if rnd:
                 first[name].append(a)
                 fwd[name].append(b)
