@@ -7,9 +7,10 @@
 #   bash tools/gpu/v9.sh prefill MODEL CONFIG...  # in-process interleaved prefill A/B (prefill_ab.py), 8 rounds
 #   bash tools/gpu/v9.sh graphs MODEL CONFIG...  # per configuration, CUDA graph API calls over one 2 x 64-token
 #     ab_decode run under nsys (cudaGraphInstantiate against cudaGraphExecUpdate: MLX's graph cache, perf-notes v10b)
-#   bash tools/gpu/v9.sh measure  # session 7's one-call round after `tests`: experts, then the A/Bs of the switches
-#     written in session 6 (q4core, projfold, normfold) on gpt-oss, lfm2, llama, qwen3 and mixtral (checkpoints
-#     that `tests` built; a missing one is built first, which can take minutes)
+#   bash tools/gpu/v9.sh measure  # session 7's one-call round after `tests gpt-oss-20b lfm2-8b-a1b llama-3-8b
+#     qwen3-30b-a3b`: experts, then the A/Bs of the switches written in session 6 (q4core, projfold, normfold) on
+#     those four (mixtral's 26 GB do not fit the disk beside them: `ab mixtral-8x7b stock default default+fuse+q4core
+#     default+switch` on its own, after `rm -rf /tmp/zmlx-synth/*`)
 #   bash tools/gpu/v9.sh experts [OLD_KERNELS_PY]  # fused expert MLPs at decode (bench_kernels --experts-only;
 #     top-k < 8 rows also "(qmv core)": moe_experts_q4.py); with a path, again with that moe_experts_kernels.py
 #     swapped in (an earlier version), then restored
@@ -61,7 +62,6 @@ case "${1:-}" in
     bash "$0" ab lfm2-8b-a1b stock default default+q4core
     bash "$0" ab llama-3-8b stock default default+projfold default+projfold+normfold default+fuse+q4core
     bash "$0" ab qwen3-30b-a3b stock default default+projfold+normfold
-    bash "$0" ab mixtral-8x7b stock default default+fuse+q4core default+switch
     ;;
   experts)
     f=packages/zmlx-kernels/src/zmlx/kernels/ops/moe_experts_kernels.py
