@@ -7,7 +7,7 @@
 #   bash tools/gpu/v9.sh prefill MODEL CONFIG...  # in-process interleaved prefill A/B (prefill_ab.py), 8 rounds
 #   bash tools/gpu/v9.sh graphs MODEL CONFIG...  # per configuration, CUDA graph API calls over one 2 x 64-token
 #     ab_decode run under nsys (cudaGraphInstantiate against cudaGraphExecUpdate: MLX's graph cache, perf-notes v10b)
-#   bash tools/gpu/v9.sh measure  # session 7's one-call round after `tests gpt-oss-20b lfm2-8b-a1b llama-3-8b
+#   bash tools/gpu/v9.sh measure a|b  # session 7's two-call round after `tests gpt-oss-20b lfm2-8b-a1b llama-3-8b
 #     qwen3-30b-a3b`: experts, then the A/Bs of the switches written in session 6 (q4core, projfold, normfold) on
 #     those four (mixtral's 26 GB do not fit the disk beside them: `ab mixtral-8x7b stock default default+fuse+q4core
 #     default+switch` on its own, after `rm -rf /tmp/zmlx-synth/*`)
@@ -56,12 +56,15 @@ case "${1:-}" in
       nsys stats -q -r cuda_api_sum -f csv "$OUT/graphs-$c.nsys-rep" 2>/dev/null | grep -iE "graph|Name" | cut -d, -f2-3,9
     done
     ;;
-  measure)
-    bash "$0" experts 2>&1 | grep -E "^\\| (qwen3|lfm2|gpt-oss|mixtral|llama)"
-    bash "$0" ab gpt-oss-20b stock default default+q4core default+layer+lin+q4core
-    bash "$0" ab lfm2-8b-a1b stock default default+q4core
-    bash "$0" ab llama-3-8b stock default default+projfold default+projfold+normfold default+fuse+q4core
-    bash "$0" ab qwen3-30b-a3b stock default default+projfold+normfold
+  measure)  # two halves, each well inside one call's 600 s: `measure a`, then `measure b`
+    if [ "${2:-a}" = a ]; then
+      bash "$0" experts 2>&1 | grep -E "^\\| (qwen3|lfm2|gpt-oss|mixtral|llama)"
+      bash "$0" ab gpt-oss-20b stock default default+q4core default+layer+lin+q4core
+      bash "$0" ab lfm2-8b-a1b stock default default+q4core
+    else
+      bash "$0" ab llama-3-8b stock default default+projfold default+projfold+normfold default+fuse+q4core
+      bash "$0" ab qwen3-30b-a3b stock default default+projfold+normfold
+    fi
     ;;
   experts)
     f=packages/zmlx-kernels/src/zmlx/kernels/ops/moe_experts_kernels.py
