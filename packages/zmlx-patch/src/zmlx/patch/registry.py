@@ -39,10 +39,11 @@ DEFAULT_PATTERNS: tuple[str, ...] = ("swiglu_mlp", "geglu_mlp", "moe_mlp", "qk_n
 
 # Bit-exact and token-identical on the H100 (every tiny family, 39d3c0c/11ddd0c), but not faster: in-process A/B
 # on four full-size models had it neutral to slower (docs/perf-notes.md, v4), so it stays opt-in.
-# Bit-exact on the CPU (every op is its reference there) but written after the session's device time was spent:
-# the layer's two traced graphs have not run on a GPU, so it waits for a GPU run and a decode A/B.
-ATTENTION_LAYER_OPT_IN = ("opt-in: not yet run on a GPU (the decoder layer's decode step traced around the KV-cache "
-                          "update and SDPA; docs/perf-notes.md v8e)")
+# Bit-exact and token-identical on the H100 in its 9 families (701f849); alone it measured no faster (v8f), so it is a
+# default only where a capsule shows it with quantized_linear (registry.ON_CUDA: llama, qwen3_moe), opt-in elsewhere.
+ATTENTION_LAYER_OPT_IN = ("opt-in: bit-exact on the H100; alone no faster (the decoder layer's decode step traced "
+                          "around the KV-cache update and SDPA; docs/perf-notes.md v8e, v8f); a default on CUDA with "
+                          "quantized_linear where a capsule measured it (registry.ON_CUDA)")
 
 QUANTIZED_LINEAR_OPT_IN = ("opt-in: bit-identical on the H100 with 1.6-2x less device time a projection; a default on CUDA "
                            "only where a capsule measured it (registry.ON_CUDA: llama, qwen3_moe), as each call is a "

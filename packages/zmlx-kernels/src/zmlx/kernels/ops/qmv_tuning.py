@@ -1,6 +1,6 @@
 """zk.qmv's other kernel shapes, for tuning on the device (tools/gpu/qmv_bench.py): each row computed exactly as
 ``zk.qmv`` computes it (MLX's CUDA qmv), so any of them can replace qmv.py's kernel once measured faster. Used by
-nothing by default; not yet run on a GPU (written 2026-11-27 after the device time was spent).
+nothing by default; bit-exact on the GPU (its check cases, 5d210df, H200), speed not yet measured (qmv_bench.py).
 
 batch: all ``U`` unrolled steps' loads issued before the first step's arithmetic (ptxas keeps ~1-2 of the measured
 loop's steps in flight: SASS of qmv at R1 U4), then the steps in order.

@@ -77,7 +77,8 @@ def step(layer: nn.Module, site: ConvLayerSite, x: mx.array, state: mx.array) ->
     normed, p = layer.operator_norm(x), conv.in_proj
     quant = affine_quantized(p) if site.fuse_conv_proj and not metal else None
     if quant is not None:
-        # patch(fuse_conv_proj=True): in_proj inside the conv launch (its rows are per channel); not yet GPU-run
+        # patch(fuse_conv_proj=True): in_proj inside the conv launch (its rows are per channel); GPU-exact, but
+        # device-slower (32 vs 11 us) and no decode gain (perf-notes v8d), so opt-in
         y, new_state = zk.short_conv_proj(normed, quant, state, conv.conv.weight, conv.conv.get("bias"),
                                           group_size=p.group_size, bits=p.bits)
     else:

@@ -1,7 +1,8 @@
 """quantized_switch_linear (opt-in): mlx-lm's ``QuantizedSwitchLinear`` (an MoE block's expert projections, called by
 ``SwitchGLU``) at decode with top-k < 8 through ``zk.gather_qmv``: MLX's gather_qmv arithmetic with zk.qmv's faster
 core. Where ``fuse_projections`` fuses a block's experts this layer is not called at decode; it is for the blocks that
-keep MLX's SwitchGLU (mixtral, or any family with ``fuse_projections=False``). Not yet run on a GPU."""
+keep MLX's SwitchGLU (mixtral, or any family with ``fuse_projections=False``). Token- and logit-identical on the GPU
+(its test mode, 5d210df); its speed is not yet measured."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ..families import LinearSite
 from ._structure import four_bit_affine_reason
 
 SUMMARY = ("affine 4-bit QuantizedSwitchLinear (experts) at decode, top-k < 8: zk.gather_qmv, MLX's CUDA gather_qmv "
-           "arithmetic with more rows in flight (opt-in; not yet GPU-run)")
+           "arithmetic with more rows in flight (opt-in; GPU-exact, speed not yet measured)")
 
 
 def check(module: nn.Module, site: LinearSite) -> str | None:
