@@ -21,7 +21,8 @@ LFM2's conv in_proj inside the short-conv launch (zk.short_conv_proj); 'noprolog
 tracing the qk_norm_rope attention prologue; 'q4core' runs 4-bit top-k < 8 fused experts on zk.qmv's core
 (moe_experts_q4.py); 'projfold' adds a traced layer's residuals inside its o_proj and dense down_proj launches
 (zk.qmv_residual where quantized_linear patched them: default+layer+lin+projfold); 'normfold' runs a traced
-layer's norms inside the q/k/v or gate/up launch that reads them (zk.qmv_many_norm). Pattern parts after 'default' add opt-in patterns to the family's
+layer's norms inside the q/k/v or gate/up launch that reads them (zk.qmv_many_norm); 'ropefold' a traced
+Llama-style layer's q and k rotations as one launch (zk.rope_qk). Pattern parts after 'default' add opt-in patterns to the family's
 defaults: default+layer is patch(patterns=defaults + ['attention_layer']) (layer: the decoder layer traced around
 the KV-cache update and SDPA).
 """
@@ -40,7 +41,7 @@ PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "
 # the opposite otherwise): measurement switches that are not patch() arguments
 SWITCHES = {"nofold": ("_layer", "FOLD_RESIDUAL", False), "noprologue": ("qk_norm_rope", "TRACE_PROLOGUE", False),
             "q4core": ("_experts", "QMV_CORE", True), "projfold": ("_layer", "FOLD_PROJECTIONS", True),
-            "normfold": ("_layer", "FOLD_NORMS", True)}
+            "normfold": ("_layer", "FOLD_NORMS", True), "ropefold": ("_layer", "FOLD_ROPE", True)}
 # part -> the opt-in patch() argument it turns on, alone or after 'default'
 OPT_INS = {"router": "fuse_router", "qkv": "fuse_qkv", "convproj": "fuse_conv_proj", "fuse": "fuse_projections"}
 # in a parsed 'default+<pattern part>' configuration: the family's default patterns, the named ones added

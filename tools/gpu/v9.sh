@@ -62,7 +62,8 @@ case "${1:-}" in
       bash "$0" ab gpt-oss-20b stock default default+q4core default+layer+lin+q4core
       bash "$0" ab lfm2-8b-a1b stock default default+q4core
     else
-      bash "$0" ab llama-3-8b stock default default+projfold default+projfold+normfold default+fuse+q4core
+      bash "$0" ab llama-3-8b stock default default+projfold+normfold default+projfold+normfold+ropefold \
+        default+fuse+q4core
       bash "$0" ab qwen3-30b-a3b stock default default+projfold+normfold
     fi
     ;;

@@ -26,6 +26,7 @@ from mlx_lm.sample_utils import make_sampler
 from zmlx.kernels.backend import gpu_backend
 from zmlx.kernels.ops import gather_qmv as GQ
 from zmlx.kernels.ops import moe_experts as ME
+from zmlx.kernels.ops import rope_qk as RQ
 from zmlx.kernels.ops.qmv import QmvManyPlan, QmvPlan
 from zmlx.kernels.ops.router import VARIANTS as ROUTER_VARIANTS
 from zmlx.patch import patch, unpatch
@@ -117,6 +118,14 @@ def _count_kernel_calls(monkeypatch) -> dict[str, int]:
         return real_norm(plan, x, *a)
 
     monkeypatch.setattr(QL, "plan_normed", spy_norm)
+    counts["rope_qk"] = 0
+    real_rope = RQ.launch
+
+    def spy_rope(*a, **kw):  # a traced Llama-style layer's q and k rotations as one launch (_layer.FOLD_ROPE)
+        counts["rope_qk"] += 1
+        return real_rope(*a, **kw)
+
+    monkeypatch.setattr(RQ, "launch", spy_rope)
     counts["moe_q4"] = 0
     real_me = ME.launch
 
@@ -163,8 +172,8 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 # projections and RoPE as one zk.qkv_norm_rope (qk-norm attention) or zk.qkv_rope (Llama-style); q4core: fused
 # projections with 4-bit top-k < 8 experts on zk.qmv's core (moe_experts_q4.py, the measurement switch QMV_CORE);
 # folds: quantized_linear's configuration with a traced layer's residual adds in its o_proj / dense down_proj
-# launches (zk.qmv_residual) and its norms in the q/k/v or gate/up launches (zk.qmv_many_norm): the switches
-# _layer.FOLD_PROJECTIONS and FOLD_NORMS
+# launches (zk.qmv_residual), its norms in the q/k/v or gate/up launches (zk.qmv_many_norm) and a Llama-style layer's
+# q and k rotations as one launch (zk.rope_qk): the switches _layer.FOLD_PROJECTIONS, FOLD_NORMS and FOLD_ROPE
 MODES = {"default": {}, "unfused": {"fuse_projections": False}, "fuse_projections": {"fuse_projections": True},
          "eager": {"compile_blocks": False}, "residual_norm": {}, "quantized_router": {"fuse_router": True},
          "qkv": {"fuse_qkv": True}, "conv_proj": {"fuse_conv_proj": True}, "attention_layer": {},
@@ -221,6 +230,7 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
     if mode == "folds":  # quantized_linear's configuration, residual adds and norms inside the projections' launches
         monkeypatch.setattr(_layer, "FOLD_PROJECTIONS", True)
         monkeypatch.setattr(_layer, "FOLD_NORMS", True)
+        monkeypatch.setattr(_layer, "FOLD_ROPE", True)
     if mode in ("quantized_linear", "folds"):  # the defaults + every 4-bit projection through zk.qmv, traced
         layer = "attention_layer" in spec.sites and "conv_layer" not in spec.sites
         patterns = (patterns or spec.default_patterns()) + (["attention_layer"] if layer else []) + ["quantized_linear"]
@@ -273,6 +283,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         if mode == "folds":
             assert calls["qmv_residual"] > 0, f"{family}: no residual add ran in its projection's launch"
             assert calls["qmv_many_norm"] > 0, f"{family}: no norm ran in its projections' launch"
+            if "qk_norm_rope" not in spec.sites:  # Llama-style attention: q and k rotated in one launch
+                assert calls["rope_qk"] > 0, f"{family}: q and k were not rotated as one launch"
     finally:
         restored = unpatch(model)
     assert restored == result.total, f"{family}: unpatch restored {restored} of {result.total} modules"

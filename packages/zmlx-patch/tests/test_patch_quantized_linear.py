@@ -180,3 +180,26 @@ def test_fold_norms_projects_the_unnormalised_row_exactly(family, fold_projectio
     # traced once per layer: gate/up after the post-attention norm, q/k/v after the input norm (llama's own
     # prologue, qwen3's qk_norm_rope prologue)
     assert widths.count(2) == layers and widths.count(3) == layers
+
+
+@pytest.mark.parametrize("family", ["llama", "mixtral", "gpt_oss", "qwen2"])
+def test_fold_rope_rotates_q_and_k_in_one_call_exactly(family, monkeypatch):
+    """_layer.FOLD_ROPE (ab_decode's 'ropefold'): a traced Llama-style layer's two mx.fast.rope calls become one
+    zk.rope_qk call (nn.RoPE, Llama3RoPE or YarnRoPE arguments); the decode is unchanged."""
+    from zmlx import kernels as zk
+    from zmlx.patch.patterns import _layer
+
+    model = tiny.build(family, quantized=True, seed=5)
+    seq = tiny.tokens(9, seed=8)
+    want = _decode(model, seq)
+    calls = []
+    real = zk.rope_qk
+    monkeypatch.setattr(zk, "rope_qk", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    monkeypatch.setattr(_layer, "FOLD_ROPE", True)
+    patch(model, patterns=[*FAMILIES[family].default_patterns(), "attention_layer"], verbose=False)
+    try:
+        got = _decode(model, seq)
+    finally:
+        unpatch(model)
+    assert all(mx.array_equal(a, b).item() for a, b in zip(want, got, strict=True))
+    assert len(calls) == tiny.config(family)["num_hidden_layers"]  # traced once per layer

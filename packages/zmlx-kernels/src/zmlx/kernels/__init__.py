@@ -23,6 +23,7 @@ from .ops.qkv_rope import qkv_rope  # noqa: E402
 from .ops.qmv import qmv, qmv_many  # noqa: E402
 from .ops.qmv_norm import qmv_many_norm  # noqa: E402
 from .ops.qmv_residual import qmv_residual  # noqa: E402
+from .ops.rope_qk import rope_qk  # noqa: E402
 from .ops.router import quantized_router  # noqa: E402
 from .ops.routing import grouped_sigmoid_topk, sigmoid_topk, softmax_topk, topk_softmax  # noqa: E402
 
@@ -50,6 +51,7 @@ __all__ = [
     "qkv_norm_rope",
     "qkv_rope",
     "quantized_router",
+    "rope_qk",
     "short_conv",
     "short_conv_proj",
     "sigmoid_topk",

@@ -6,7 +6,7 @@ from importlib import import_module
 
 from .ops._base import OpInfo
 
-_FAMILIES = ("routing", "router", "norm_router", "combine", "activations", "norms", "qmv", "qmv_residual", "qmv_norm", "qmv_tuning", "gather_qmv", "attention", "qkv", "qkv_rope", "conv", "moe_experts")
+_FAMILIES = ("routing", "router", "norm_router", "combine", "activations", "norms", "qmv", "qmv_residual", "qmv_norm", "qmv_tuning", "gather_qmv", "attention", "qkv", "qkv_rope", "rope_qk", "conv", "moe_experts")
 
 
 def ops() -> list[OpInfo]:

@@ -21,6 +21,9 @@ FOLD_PROJECTIONS = False
 # patched by quantized_linear (q/k/v after input_layernorm, a dense MLP's gate/up after the post-attention norm) runs
 # inside that group's launch (zk.qmv_many_norm). Off until the GPU tests and a capsule say so
 FOLD_NORMS = False
+# Measurement switch (ab_decode part "ropefold"): a traced Llama-style layer's two mx.fast.rope calls (q, k) as one
+# zk.rope_qk launch. Off until the GPU tests and a capsule say so (written without a GPU)
+FOLD_ROPE = False
 
 
 def residual_ffn(layer: nn.Module, x: mx.array, r: mx.array | None, norm: str, ffn: str, *, residual_norm: bool,

@@ -81,10 +81,26 @@ def _before(layer: nn.Module, site: LayerSite, x: mx.array, pos: mx.array):
         queries, keys, values = project_normed(projs, x, layer.input_layernorm)
     else:  # one zk.qmv_many launch where quantized_linear patched all three (else each projection's own call)
         queries, keys, values = project(projs, layer.input_layernorm(x))
-    queries = queries.reshape(B, L, n_heads, -1).transpose(0, 2, 1, 3)
-    keys = keys.reshape(B, L, n_kv_heads, -1).transpose(0, 2, 1, 3)
+    queries = queries.reshape(B, L, n_heads, -1)
+    keys = keys.reshape(B, L, n_kv_heads, -1)
     values = values.reshape(B, L, n_kv_heads, -1).transpose(0, 2, 1, 3)
+    rope_kw = _rope_kw(attention.rope) if _layer.FOLD_ROPE and attention.rope.dims == queries.shape[-1] else None
+    if rope_kw is not None:  # q's and k's rotations as one launch (zk.rope_qk; opt-in measurement switch)
+        return (*zk.rope_qk(queries, keys, offset=pos, traditional=attention.rope.traditional, **rope_kw), values)
+    queries, keys = queries.transpose(0, 2, 1, 3), keys.transpose(0, 2, 1, 3)
     return attention.rope(queries, offset=pos), attention.rope(keys, offset=pos), values
+
+
+def _rope_kw(rope: nn.Module) -> dict | None:
+    """zk's arguments for the rotation ``rope`` performs (nn.RoPE: base and scale; Llama3RoPE: its precomputed
+    freqs; YarnRoPE: freqs, q and k first scaled by its mscale), or None for another RoPE."""
+    if type(rope) is nn.RoPE:
+        return dict(base=rope.base, scale=rope.scale)
+    if type(rope) is Llama3RoPE:  # its freqs precomputed once, read at trace time
+        return dict(freqs=rope._freqs)
+    if type(rope) is YarnRoPE:  # gpt-oss: freqs, and q/k scaled by mscale first
+        return dict(freqs=rope._freqs, mscale=rope.mscale)
+    return None
 
 
 def _fused_prologue(layer: nn.Module, attention: nn.Module, x: mx.array, pos: mx.array, n_heads: int,
@@ -93,13 +109,8 @@ def _fused_prologue(layer: nn.Module, attention: nn.Module, x: mx.array, pos: mx
     Llama3RoPE, YarnRoPE) as one zk.qkv_rope launch, or None where it does not take this block (another RoPE,
     partial rotary, projections not affine-quantized alike)."""
     rope = attention.rope
-    if type(rope) is nn.RoPE:
-        rope_kw = dict(base=rope.base, scale=rope.scale)
-    elif type(rope) is Llama3RoPE:  # its freqs precomputed once, read at trace time
-        rope_kw = dict(freqs=rope._freqs)
-    elif type(rope) is YarnRoPE:  # gpt-oss: freqs, and q/k scaled by mscale first
-        rope_kw = dict(freqs=rope._freqs, mscale=rope.mscale)
-    else:
+    rope_kw = _rope_kw(rope)
+    if rope_kw is None:
         return None
     projs = (attention.q_proj, attention.k_proj, attention.v_proj)
     quant = [affine_quantized(p, bias=True) for p in projs]
