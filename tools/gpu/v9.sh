@@ -25,8 +25,8 @@ case "${1:-}" in
       ( timeout 500 python3 -c "import sys; from zmlx.validate import load_model; load_model(sys.argv[1], \
         cache_dir='/tmp/zmlx-synth')" "synthetic:$m" > "$OUT/build-$m.log" 2>&1; echo "built $m: exit $?" ) &
     done
-    ( timeout 500 "${PT[@]}" packages/zmlx-kernels/tests/test_kernels_gpu.py > "$OUT/k.log" 2>&1 ) &
-    ( timeout 500 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "quantized_linear or default or quantized_switch_linear or q4core or folds" \
+    ( timeout 570 "${PT[@]}" packages/zmlx-kernels/tests/test_kernels_gpu.py > "$OUT/k.log" 2>&1 ) &
+    ( timeout 570 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "quantized_linear or default or quantized_switch_linear or q4core or folds" \
       > "$OUT/p.log" 2>&1 ) &
     wait
     for f in k p; do echo "== $f: $(tail -1 "$OUT/$f.log")"; grep -E "^FAILED|^ERROR" "$OUT/$f.log" | head -8; done
