@@ -123,15 +123,16 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
         h = moe_gate_up_reference(x, indices, gate, up, group_size=group_size, bits=bits, activation=activation,
                                   gate_bias=gate_bias, up_bias=up_bias, alpha=alpha, limit=limit)
         return h if out_shape is None else h.reshape(out_shape)
-    params = constant((alpha, limit))
     has_bias = gate_bias is not None
+    # the kernels index flat memory: inputs go in with their own (row-contiguous) shapes, no reshape nodes
+    inputs = (x, indices if indices.dtype == mx.uint32 else indices.astype(mx.uint32), *gate, *up,
+              gate_bias if has_bias else _dummy(x.dtype), up_bias if has_bias else _dummy(x.dtype),
+              constant((alpha, limit)))
     if qmv_core and numerics == "qmv" and bits == 4:
         from . import moe_experts_q4 as q4  # it builds on qmv.py, which imports this module
 
         return launch(
-            q4.SPECS[f"gate_up_q4_{activation}"], target,
-            inputs=(x, indices if indices.dtype == mx.uint32 else indices.astype(mx.uint32), *gate, *up,
-                    gate_bias if has_bias else _dummy(x.dtype), up_bias if has_bias else _dummy(x.dtype), params),
+            q4.SPECS[f"gate_up_q4_{activation}"], target, inputs=inputs,
             output_shapes=[out_shape or (k, n)], output_dtypes=[x.dtype], threads=-(-n // q4.WARPS) * q4.WARPS * 32,
             threadgroup=q4.WARPS * 32, blocks_y=k,
             template=[("T", x.dtype), ("GS", group_size), ("U", 4), ("HAS_BIAS", has_bias), ("X_PER_EXPERT", False)],
@@ -141,10 +142,7 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
     rows_per_block = warps if numerics == "qmv" else warps * 8
     blocks = -(-n // rows_per_block)
     return launch(
-        SPECS[f"gate_up_{numerics}_{activation}"], target,
-        # the kernels index flat memory: inputs go in with their own (row-contiguous) shapes, no reshape nodes
-        inputs=(x, indices if indices.dtype == mx.uint32 else indices.astype(mx.uint32), *gate, *up,
-                gate_bias if has_bias else _dummy(x.dtype), up_bias if has_bias else _dummy(x.dtype), params),
+        SPECS[f"gate_up_{numerics}_{activation}"], target, inputs=inputs,
         output_shapes=[out_shape or (k, n)], output_dtypes=[x.dtype], threads=blocks * warps * 32,
         threadgroup=warps * 32,
         blocks_y=k,

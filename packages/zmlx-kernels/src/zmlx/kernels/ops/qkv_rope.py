@@ -38,6 +38,25 @@ from .qkv import (
     value_checks,
 )
 
+# MLX's rope_single for pair p of one head at one token (inside a loop over p; `pos` = scale * offset, `dst` the
+# output row): the rotation GPU-exact in this kernel since 9282618, shared with rope_qk.py; @SRC@ names the input row
+ROTATE_PAIR = """\
+    const float inv_freq = HAS_FREQS ? 1.0f / freqs[p]
+                                     : zm_exp2f(-(static_cast<float>(p) / static_cast<float>(HD / 2)) * params[0]);
+    const float theta = pos * inv_freq;
+    const float costheta = zm_cosf(theta);
+    const float sintheta = zm_sinf(theta);
+    const int i1 = TRADITIONAL ? 2 * p : p;
+    const int i2 = TRADITIONAL ? i1 + 1 : i1 + HD / 2;
+    // YarnRoPE scales q and k first (x.at[..., :dims].multiply(mscale): one rounding in T)
+    const float x1 = static_cast<float>(HAS_MSCALE ? zm_mul(@SRC@[i1], static_cast<T>(params[2])) : @SRC@[i1]);
+    const float x2 = static_cast<float>(HAS_MSCALE ? zm_mul(@SRC@[i2], static_cast<T>(params[2])) : @SRC@[i2]);
+    const float rx1 = x1 * costheta - x2 * sintheta;
+    const float rx2 = x1 * sintheta + x2 * costheta;
+    dst[i1] = static_cast<T>(rx1);
+    dst[i2] = static_cast<T>(rx2);
+"""
+
 _BODY = """\
   const int hb = int(zm_bid);  // q heads, then k heads, then v heads
   if (hb >= HQ + 2 * HK) return;
@@ -64,20 +83,7 @@ _BODY = """\
   ZM_DEVICE T* dst = (which == 0 ? q_out : k_out) + h * HD;
   const float pos = params[1] * static_cast<float>(pos0[0]);
   for (int p = int(zm_tid); p < HD / 2; p += int(zm_bdim)) {
-    const float inv_freq = HAS_FREQS ? 1.0f / freqs[p]
-                                     : zm_exp2f(-(static_cast<float>(p) / static_cast<float>(HD / 2)) * params[0]);
-    const float theta = pos * inv_freq;
-    const float costheta = zm_cosf(theta);
-    const float sintheta = zm_sinf(theta);
-    const int i1 = TRADITIONAL ? 2 * p : p;
-    const int i2 = TRADITIONAL ? i1 + 1 : i1 + HD / 2;
-    // YarnRoPE scales q and k first (x.at[..., :dims].multiply(mscale): one rounding in T)
-    const float x1 = static_cast<float>(HAS_MSCALE ? zm_mul(proj[i1], static_cast<T>(params[2])) : proj[i1]);
-    const float x2 = static_cast<float>(HAS_MSCALE ? zm_mul(proj[i2], static_cast<T>(params[2])) : proj[i2]);
-    const float rx1 = x1 * costheta - x2 * sintheta;
-    const float rx2 = x1 * sintheta + x2 * costheta;
-    dst[i1] = static_cast<T>(rx1);
-    dst[i2] = static_cast<T>(rx2);
+""" + ROTATE_PAIR.replace("@SRC@", "proj") + """\
   }
 """
 

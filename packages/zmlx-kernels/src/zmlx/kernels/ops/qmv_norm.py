@@ -14,10 +14,11 @@ construction. Written without a GPU (2026-11-27): zmlx-patch uses it only under 
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 
 from ..backend import compiled, constant, launch, target_for
 from ..emit import KernelSpec, Param
-from ._base import CheckCase, OpInfo, RefCheck
+from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64
 from .moe_experts import Quant
 from .norms import mlx_rms_layout
 from .qmv import (
@@ -33,6 +34,7 @@ from .qmv import (
     _many_args,
     fits,
     make_case,
+    projection_error,
     qmv_many,
 )
 
@@ -154,11 +156,6 @@ def check_cases(seed: int) -> list[CheckCase]:
 
 def reference_checks(seed: int) -> list[RefCheck]:
     """The reference is the layer's two ops; checked against the norm computed in float64 then projected."""
-    import numpy as np
-
-    from ._base import REF_TOLERANCE, as_float64
-    from .qmv import projection_error
-
     out = []
     for i, (ns, k, gs, rows, bias) in enumerate(MANY_CASES[:2]):
         x, q, b = make_case(ns[0], k, gs, rows, bias, mx.random.key(seed + 800 + i))

@@ -4,8 +4,8 @@ Llama-style attention (llama, qwen2, mixtral, gpt-oss) rotates q and k with two 
 YarnRoPE's ``mscale`` multiply where it has one). At one token every (head, pair) is independent: one thread a pair
 over q's heads then k's, each rotated as MLX's CUDA ``rope_single`` does (``inv_freq`` as ``exp2(-d * log2(base))``
 or ``1 / freqs[d]``, ``theta = scale * offset * inv_freq``, the same two products per pair in float, one rounding),
-which qkv_rope.py's rotation reproduces bit for bit on the H100 (9282618); the text below is that rotation reading its
-pair from q / k instead of shared memory. Written without a GPU (2026-11-27): zmlx-patch uses it only under the
+which qkv_rope.py's rotation reproduces bit for bit on the H100 (9282618); this kernel runs that very text
+(``qkv_rope.ROTATE_PAIR``), its pair read from q / k instead of shared memory. Written without a GPU (2026-11-27): zmlx-patch uses it only under the
 measurement switch ``_layer.FOLD_ROPE`` until the GPU tests and a capsule say so.
 
 Kernel path: CUDA, one token (``(1, 1, H, D)`` rows, the projections' layout), q and k of one float dtype, the
@@ -20,6 +20,7 @@ from ..backend import constant, launch, position_input, target_for
 from ..emit import KernelSpec, Param
 from ._base import CheckCase, OpInfo, RefCheck
 from .attention import _log2f
+from .qkv_rope import ROTATE_PAIR
 
 _BODY = """\
   // thread t: pair p of head t / (HD / 2), q's HQ heads then k's HK; in (1, 1, H, HD) rows, out (1, H, 1, HD)
@@ -30,20 +31,9 @@ _BODY = """\
   ZM_DEVICE const T* src = is_q ? q + head * HD : k + (head - HQ) * HD;
   ZM_DEVICE T* dst = is_q ? q_out + head * HD : k_out + (head - HQ) * HD;
   const float pos = params[1] * static_cast<float>(pos0[0]);
-  const float inv_freq = HAS_FREQS ? 1.0f / freqs[p]
-                                   : zm_exp2f(-(static_cast<float>(p) / static_cast<float>(HD / 2)) * params[0]);
-  const float theta = pos * inv_freq;
-  const float costheta = zm_cosf(theta);
-  const float sintheta = zm_sinf(theta);
-  const int i1 = TRADITIONAL ? 2 * p : p;
-  const int i2 = TRADITIONAL ? i1 + 1 : i1 + HD / 2;
-  // YarnRoPE scales q and k first (x.at[..., :dims].multiply(mscale): one rounding in T)
-  const float x1 = static_cast<float>(HAS_MSCALE ? zm_mul(src[i1], static_cast<T>(params[2])) : src[i1]);
-  const float x2 = static_cast<float>(HAS_MSCALE ? zm_mul(src[i2], static_cast<T>(params[2])) : src[i2]);
-  const float rx1 = x1 * costheta - x2 * sintheta;
-  const float rx2 = x1 * sintheta + x2 * costheta;
-  dst[i1] = static_cast<T>(rx1);
-  dst[i2] = static_cast<T>(rx2);
+  {  // qkv_rope.py's rotation of the pair
+""" + ROTATE_PAIR.replace("@SRC@", "src") + """\
+  }
 """
 
 SPEC = KernelSpec(
