@@ -1,6 +1,6 @@
 """Per-family CUDA defaults measured on the H100 apply only there, name their capsules, and explicit arguments
-override them: moe_mlp off for gpt_oss unless its projections are fused, fuse_projections on for the families in
-registry.FUSE_ON_CUDA."""
+override them: moe_mlp off for gpt_oss unless its projections are fused and off for mixtral, fuse_projections on
+for the families in registry.FUSE_ON_CUDA, the opt-ins of registry.ON_CUDA on."""
 
 from pathlib import Path
 
@@ -23,11 +23,12 @@ def test_gpt_oss_moe_mlp_needs_fused_projections_on_cuda(monkeypatch):
     assert result.counts == {"moe_mlp": 2} and result.fuse_projections is False
     unpatch(model)
     _on_cuda(monkeypatch)
-    result = patch(model, verbose=False)
-    assert result.counts == {"moe_mlp": 2} and result.fuse_projections is True
+    result = patch(model, verbose=False)  # with gpt_oss's ON_CUDA opt-ins: every attention layer traced
+    assert result.counts == {"moe_mlp": 2, "attention_layer": 2, "quantized_linear": 9}
+    assert result.fuse_projections is True
     unpatch(model)
     result = patch(model, verbose=False, fuse_projections=False)
-    assert result.counts == {} and "capsules/" in result.not_applied["moe_mlp"]
+    assert "moe_mlp" not in result.counts and "capsules/" in result.not_applied["moe_mlp"]
     unpatch(model)
     assert patch(model, patterns=["moe_mlp"], fuse_projections=False, verbose=False).counts == {"moe_mlp": 2}
 
@@ -38,8 +39,9 @@ def test_gpt_oss_blocks_whose_experts_cannot_be_fused_keep_their_own_code_on_cud
     model = tiny.build("gpt_oss", quantized=True, mode="mxfp4")
     _on_cuda(monkeypatch)
     result = patch(model, verbose=False)
-    assert result.fuse_projections is True and result.counts == {}
-    assert len(result.skipped) == 2 and all("not fusable" in why and "capsules/" in why for _, why in result.skipped)
+    assert result.fuse_projections is True and "moe_mlp" not in result.counts
+    moe = [why for _, why in result.skipped if why.startswith("moe_mlp")]
+    assert len(moe) == 2 and all("not fusable" in why and "capsules/" in why for why in moe)
     unpatch(model)
     assert patch(model, patterns=["moe_mlp"], verbose=False).counts == {"moe_mlp": 2}
 
@@ -56,6 +58,17 @@ def test_fuse_projections_default_per_family_on_cuda(family, fused, monkeypatch,
     unpatch(model)
     assert patch(model, verbose=False, fuse_projections=not fused).fuse_projections is (not fused)
     unpatch(model)
+
+
+def test_mixtral_moe_mlp_is_off_on_cuda_where_a_capsule_measured_it_slower(monkeypatch):
+    model = tiny.build("mixtral", quantized=True)
+    assert patch(model, verbose=False).counts == {"moe_mlp": 2}  # CPU: nothing per-backend applies
+    unpatch(model)
+    _on_cuda(monkeypatch)
+    result = patch(model, verbose=False)
+    assert result.counts == {} and "x0.750" in result.not_applied["moe_mlp"]
+    unpatch(model)
+    assert patch(model, patterns=["moe_mlp"], verbose=False).counts == {"moe_mlp": 2}  # asked for: applied
 
 
 def _capsules(reason: str) -> list[str]:

@@ -21,7 +21,7 @@ import zmlx.kernels as zk
 import zmlx_patch_tiny as tiny
 from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import make_prompt_cache
-from mlx_lm.models.switch_layers import QuantizedSwitchLinear
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchGLU
 from mlx_lm.sample_utils import make_sampler
 from zmlx.kernels.backend import gpu_backend
 from zmlx.kernels.ops import gather_qmv as GQ
@@ -147,6 +147,18 @@ def _top_k(model) -> int:
     return 8
 
 
+def _q4core_applies(model, spec) -> bool:
+    """Whether a block takes moe_experts_q4's launches: experts the fused path plans (one 4-bit width for all
+    three projections: tiny granitemoe's down_proj is 8-bit) at top-k < 8, or a split gate/up dense MLP (not
+    phi3's single gate_up_proj)."""
+    moe = _top_k(model) < 8 and any(
+        isinstance(m, SwitchGLU) and (plan := EX._build(m)) is not None and plan.bits == 4
+        for _, m in model.named_modules())
+    dense = any(getattr(site, "layout", "") != "fused_gate_up" for name in ("swiglu_mlp", "geglu_mlp")
+                for site in spec.sites.get(name, ()))
+    return moe or dense
+
+
 def _four_bit(model) -> int:
     """The projections quantized_linear swaps: affine 4-bit QuantizedLinear modules."""
     return sum(type(m) is nn.QuantizedLinear and m.mode == "affine" and m.bits == 4 for _, m in model.named_modules())
@@ -205,9 +217,8 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
         pytest.skip(f"{family} has no decoder layer that fuses its residual add and norm")
     model = models(family)
     if mode == "q4core":  # fused 4-bit top-k < 8 experts / dense gate+up on zk.qmv's core (_experts.QMV_CORE)
-        dense = {"swiglu_mlp", "geglu_mlp"} & set(spec.sites)
-        if not dense and ("moe_mlp" not in spec.sites or _top_k(model) >= 8):
-            pytest.skip(f"{family} has no top-k < 8 MoE block or dense gated MLP")
+        if not _q4core_applies(model, spec):
+            pytest.skip(f"{family} has no all-4-bit top-k < 8 experts or split 4-bit dense gate+up")
         monkeypatch.setattr(EX, "QMV_CORE", True)
     prompt = tiny.tokens(6)[0]
     seq = tiny.tokens(N_LOGIT_STEPS, seed=5)

@@ -188,6 +188,17 @@ def _expert_cases(key: mx.array) -> list[tuple[str, str, float, Callable, Callab
         for core in cores:
             out.append((name + (" (qmv core)" if core else ""), f"E={e} k={k} D={d} I={i}", k * bytes_per_expert,
                         lambda f=fused, c=core: f(core=c), ref))
+        if k < 8:  # each launch alone on the core, to tell which of the two bounds the pair
+            h = me.moe_gate_up_reference(x, inds, q[0], q[1], group_size=64, bits=4, activation="swiglu")
+            out.append((f"{name} gate+up (qmv core)", f"E={e} k={k} D={d} I={i}", k * bytes_per_expert * 2 / 3,
+                        lambda x=x, inds=inds, q=q: me.moe_gate_up(x, inds, q[0], q[1], group_size=64, bits=4),
+                        lambda x=x, inds=inds, q=q: me.moe_gate_up_reference(x, inds, q[0], q[1], group_size=64,
+                                                                            bits=4, activation="swiglu")))
+            out.append((f"{name} down+combine (qmv core)", f"E={e} k={k} D={d} I={i}", k * bytes_per_expert / 3,
+                        lambda h=h, inds=inds, q=q, s=scores: me.moe_down_combine(h, inds, q[2], s, group_size=64,
+                                                                                  bits=4, fp32=False),
+                        lambda h=h, inds=inds, q=q, s=scores: me.moe_down_combine_reference(
+                            h, inds, q[2], s, group_size=64, bits=4, fp32=False)))
     return out
 
 

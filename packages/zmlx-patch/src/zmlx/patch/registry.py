@@ -82,6 +82,10 @@ SLOW_ON_CUDA: dict[str, dict[str, str]] = {
                            "capsules/20261126_h100_gpt-oss-20b_llama-3-8b.json; a custom-kernel launch costs MLX CUDA "
                            "more host time than the few ops it replaces (with fused projections, the default "
                            "here: x1.23 and x0.99)"},
+    "mixtral": {"moe_mlp": "unfused: decode x0.750 [0.668, 0.886], slower, 0/5 pairs on an H100: "
+                           "capsules/20261127_h100_mixtral-8x7b_defaults-v11_867ea08.json; in-process A/B x0.914 "
+                           "(docs/perf-notes.md v11); earlier x1.028, within noise: "
+                           "capsules/20261126_h100_mixtral-8x7b_45766c2.json"},
 }
 
 # Families whose MoE blocks decode faster on CUDA with fused projections (H100, 500 tokens x 5 runs, token-identical).
@@ -92,11 +96,14 @@ FUSE_ON_CUDA: dict[str, str] = {
     "qwen3_moe": "decode x1.10 and x1.18 (each within noise; in-process A/B x1.44, docs/perf-notes.md): "
                  "capsules/20261126_h100_qwen3-30b-a3b_lfm2-8b-a1b_fuse_56a7570.json, "
                  "capsules/20261126_h100_qwen3-30b-a3b_fuse-2_56a7570.json",
-    "lfm2_moe": "decode x1.46 [1.19, 1.85] and x1.21 [1.07, 2.15]: "
-                "capsules/20261126_h100_qwen3-30b-a3b_lfm2-8b-a1b_fuse_56a7570.json, "
+    "lfm2_moe": "decode x2.231 [1.588, 3.897], faster, 5/5 pairs, with the experts on zk.qmv's core: "
+                "capsules/20261127_h100_lfm2-8b-a1b_defaults-v11_867ea08.json; before it x1.46 [1.19, 1.85] and "
+                "x1.21 [1.07, 2.15]: capsules/20261126_h100_qwen3-30b-a3b_lfm2-8b-a1b_fuse_56a7570.json, "
                 "capsules/20261127_h100_lfm2-8b-a1b_gpt-oss-20b_defaults_7dd59bb.json",
-    "gpt_oss": "decode with moe_mlp x1.23 [1.09, 1.48] on a slower host, x0.99 [0.82, 1.24] (within noise) on a faster "
-               "one: capsules/20261126_h100_gpt-oss-20b_moe-fuse_56a7570.json, "
+    "gpt_oss": "decode x1.582 [1.402, 1.810], faster, 5/5 pairs, with the experts on zk.qmv's core and "
+               "attention_layer + quantized_linear: capsules/20261127_h100_gpt-oss-20b_defaults-v11_867ea08.json; "
+               "before it x1.23 [1.09, 1.48] on a slower host, x0.99 [0.82, 1.24] on a faster one: "
+               "capsules/20261126_h100_gpt-oss-20b_moe-fuse_56a7570.json, "
                "capsules/20261127_h100_lfm2-8b-a1b_gpt-oss-20b_defaults_7dd59bb.json",
 }
 
@@ -107,12 +114,17 @@ FUSE_ON_CUDA: dict[str, str] = {
 ON_CUDA: dict[str, dict[str, str]] = {
     "llama": dict.fromkeys(("attention_layer", "quantized_linear"),
         "with both (+ qmv_many): llama-3-8b decode x1.367 [1.218, 1.403], faster, 5/5 pairs (prefill x0.891), "
-        "capsules/20261127_h200_llama-3-8b_defaults-v10_20608aa.json; before qmv_many x1.021 and x1.185, within "
+        "capsules/20261127_h200_llama-3-8b_defaults-v10_20608aa.json, and x1.021 [0.958, 1.151], within noise, on "
+        "an H100, capsules/20261127_h100_llama-3-8b_defaults-v11_867ea08.json (MLX's graph cache, v10b); before qmv_many x1.021 and x1.185, within "
         "noise, capsules/20261127_h100_llama-3-8b_defaults-v9_7734bd2.json (docs/perf-notes.md v9, v10)"),
     "qwen3_moe": dict.fromkeys(("attention_layer", "quantized_linear"),
         "with both: qwen3-30b-a3b decode x1.333 [1.050, 1.482], faster, 5/5 pairs, "
         "capsules/20261127_h200_qwen3-30b-a3b_defaults-v10_20608aa.json; x1.225 [1.055, 1.862] before the MMA "
         "experts' restructure, capsules/20261127_h100_qwen3-30b-a3b_defaults-v9_7734bd2.json (perf-notes v9, v10)"),
+    "gpt_oss": dict.fromkeys(("attention_layer", "quantized_linear"),
+        "with both and the experts on zk.qmv's core: gpt-oss-20b decode x1.582 [1.402, 1.810], faster, 5/5 pairs "
+        "(prefill x1.019), capsules/20261127_h100_gpt-oss-20b_defaults-v11_867ea08.json; with both on the older "
+        "expert kernels x0.970, capsules/20261127_h200_gpt-oss-20b_moe-lin-v10_20608aa.json (perf-notes v10, v11)"),
 }
 
 

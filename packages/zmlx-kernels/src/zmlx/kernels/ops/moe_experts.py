@@ -82,7 +82,7 @@ def dense_gate_up_reference(x, gate: Quant, up: Quant, *, group_size, bits, acti
 
 
 def dense_gate_up(x: mx.array, gate: Quant, up: Quant, *, group_size: int, bits: int, activation: str = "swiglu",
-                  alpha: float = 1.702, limit: float = 7.0, qmv_core: bool = False,
+                  alpha: float = 1.702, limit: float = 7.0, qmv_core: bool = True,
                   stream: mx.Stream | None = None) -> mx.array:
     """``act(gate(x), up(x))`` of a dense quantized MLP for one token, shaped like ``x`` with ``N`` columns.
 
@@ -105,12 +105,13 @@ def _fusable(x: mx.array, qs: tuple[Quant, ...]) -> bool:
 def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group_size: int, bits: int,
                 activation: str = "swiglu", gate_bias: mx.array | None = None, up_bias: mx.array | None = None,
                 alpha: float = 1.702, limit: float = 7.0, out_shape: tuple[int, ...] | None = None,
-                qmv_core: bool = False, stream: mx.Stream | None = None) -> mx.array:
+                qmv_core: bool = True, stream: mx.Stream | None = None) -> mx.array:
     """Activation of the gate and up projections of the ``k`` experts in ``indices`` for one token: ``[k, N]``.
 
     ``out_shape`` (same size) names the result's shape directly: every reshape is a graph node on the decode path.
-    ``qmv_core``: 4-bit launches in MLX's qmv numerics take moe_experts_q4.py's kernel (zk.qmv's launch shape and
-    packed dequantisation, the same results); others are unaffected.
+    ``qmv_core`` (default on): 4-bit launches in MLX's qmv numerics take moe_experts_q4.py's kernel (zk.qmv's launch
+    shape and packed dequantisation, the same results; on an H100 1.3-2.3x less device time than the one-block-a-row
+    kernel, ``zmlx-bench kernels``); False keeps that kernel; 8-bit and mma launches are unaffected.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -154,7 +155,7 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
 
 def moe_down_combine(h: mx.array, indices: mx.array, down: Quant, scores: mx.array, *, group_size: int,
                      bits: int, fp32: bool, down_bias: mx.array | None = None, residual: mx.array | None = None,
-                     out_shape: tuple[int, ...] | None = None, qmv_core: bool = False,
+                     out_shape: tuple[int, ...] | None = None, qmv_core: bool = True,
                      stream: mx.Stream | None = None) -> mx.array:
     """Down projection of each expert's ``h`` row, then the family's weighted combine in routing order: ``[D]``
     (or ``out_shape``, same size). ``residual`` (``[D]`` values, the combine's dtype) is added last, rounded

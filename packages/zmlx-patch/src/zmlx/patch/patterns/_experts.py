@@ -16,10 +16,10 @@ from mlx_lm.models.activations import SwigluOAI
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwiGLU, SwitchGLU
 from zmlx import kernels as zk
 
-# Measurement switch (tools/gpu/ab_decode.py part 'q4core'), read when a block is traced: 4-bit top-k < 8 experts and
-# dense gate+up (_dense.py) on moe_experts_q4.py's kernels (zk.qmv's launch shape, the same per-row arithmetic).
-# Off until the GPU tests find it bit-exact and a capsule faster (written without a GPU).
-QMV_CORE = False
+# Measurement switch (tools/gpu/ab_decode.py part 'noq4core' turns it off), read when a block is traced: 4-bit
+# top-k < 8 experts and dense gate+up (_dense.py) on moe_experts_q4.py's kernels (zk.qmv's launch shape, the same
+# per-row arithmetic). On: GPU tests bit-exact, lfm2 x2.231 and gpt-oss x1.582 capsules (docs/perf-notes.md v11).
+QMV_CORE = True
 
 
 @dataclass(frozen=True)
