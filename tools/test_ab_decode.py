@@ -47,3 +47,26 @@ def test_too_few_tokens_for_the_untimed_start_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         ab.main(["synthetic:qwen3-moe-tiny", "-m", str(ab.UNTIMED)])
     assert exc.value.code == 2 and "untimed" in capsys.readouterr().err
+
+
+def test_switch_parts_set_their_flags_and_reset_them_when_absent():
+    from zmlx.patch.patterns import _experts
+
+    assert ab.parse_config("default+q4batch+noq4core") == (None, {})
+    try:
+        ab.apply_switches("default+q4batch+noq4core")
+        assert _experts.Q4_BATCH is True and _experts.QMV_CORE is False
+        ab.apply_switches("default")  # every switch back to its default
+        assert _experts.Q4_BATCH is False and _experts.QMV_CORE is True
+    finally:
+        ab.apply_switches("default")
+
+
+def test_capsule_switch_refuses_an_unknown_switch(capsys):
+    cs_spec = importlib.util.spec_from_file_location("capsule_switch",
+                                                     Path(__file__).with_name("gpu") / "capsule_switch.py")
+    cs = importlib.util.module_from_spec(cs_spec)
+    cs_spec.loader.exec_module(cs)
+    assert cs.main(["turbo", "--", "synthetic:llama-3-8b"]) == 2
+    assert "unknown switch turbo" in capsys.readouterr().err
+    assert cs.main(["q4batch"]) == 2  # no `--` and run arguments: the usage

@@ -7,10 +7,9 @@
 #   bash tools/gpu/v9.sh prefill MODEL CONFIG...  # in-process interleaved prefill A/B (prefill_ab.py), 8 rounds
 #   bash tools/gpu/v9.sh graphs MODEL CONFIG...  # per configuration, CUDA graph API calls over one 2 x 64-token
 #     ab_decode run under nsys (cudaGraphInstantiate against cudaGraphExecUpdate: MLX's graph cache, perf-notes v10b)
-#   bash tools/gpu/v9.sh measure a|b  # session 7's two-call round after `tests gpt-oss-20b lfm2-8b-a1b llama-3-8b
-#     qwen3-30b-a3b`: experts, then the A/Bs of the switches written in session 6 (q4core, projfold, normfold) on
-#     those four (mixtral's 26 GB do not fit the disk beside them: `ab mixtral-8x7b stock default default+fuse+q4core
-#     default+switch` on its own, after `rm -rf /tmp/zmlx-synth/*`)
+#   bash tools/gpu/v9.sh measure a|b  # session 8's two-call round after `tests gpt-oss-20b lfm2-8b-a1b llama-3-8b
+#     qwen3-30b-a3b`: a) the experts per launch and loop form, A/Bs of the batch form (q4batch) on gpt-oss and lfm2;
+#     b) mixtral alone on the disk (its 26 GB do not fit beside the others): fused experts on zk.qmv's core, both forms
 #   bash tools/gpu/v9.sh experts [OLD_KERNELS_PY]  # fused expert MLPs at decode (bench_kernels --experts-only;
 #     top-k < 8 rows also "(qmv core)": moe_experts_q4.py); with a path, again with that moe_experts_kernels.py
 #     swapped in (an earlier version), then restored
@@ -60,15 +59,16 @@ case "${1:-}" in
       nsys stats -q -r cuda_api_sum -f csv "$OUT/graphs-$c.nsys-rep" 2>/dev/null | grep -iE "graph|Name" | cut -d, -f2-3,9
     done
     ;;
-  measure)  # two halves, each well inside one call's 600 s: `measure a`, then `measure b`
-    if [ "${2:-a}" = a ]; then
+  measure)  # session 8's round after `tests gpt-oss-20b lfm2-8b-a1b llama-3-8b qwen3-30b-a3b`, each half one call
+    if [ "${2:-a}" = a ]; then  # the experts per launch and loop form, then the batch form in decode
       bash "$0" experts 2>&1 | grep -E "^\\| (qwen3|lfm2|gpt-oss|mixtral|llama)"
-      bash "$0" ab gpt-oss-20b stock default default+q4core default+layer+lin+q4core
-      bash "$0" ab lfm2-8b-a1b stock default default+q4core
-    else
-      bash "$0" ab llama-3-8b stock default default+projfold+normfold default+projfold+normfold+ropefold \
-        default+fuse+q4core
-      bash "$0" ab qwen3-30b-a3b stock default default+projfold+normfold
+      bash "$0" ab gpt-oss-20b stock default default+q4batch
+      bash "$0" ab lfm2-8b-a1b stock default default+q4batch
+    else  # mixtral alone on the disk: its experts fused on zk.qmv's core (off by default: unmeasured in decode)
+      rm -rf /tmp/zmlx-synth/*
+      timeout 300 python3 -c "import sys; from zmlx.validate import load_model; load_model(sys.argv[1], \
+        cache_dir='/tmp/zmlx-synth')" synthetic:mixtral-8x7b > "$OUT/build-mixtral.log" 2>&1
+      bash "$0" ab mixtral-8x7b stock default+fuse default+fuse+q4batch default+switch
     fi
     ;;
   experts)

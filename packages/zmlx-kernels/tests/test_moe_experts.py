@@ -31,10 +31,12 @@ def test_down_combine_rejects_a_residual_it_would_round_differently():
 def test_every_down_combine_kernel_has_a_residual_case():
     variants = [c.variant for c in moe_experts.check_cases(seed=0) if c.variant.startswith("down_combine")]
     with_res = [v for v in variants if v.endswith("+residual")]
-    q4 = [c for c in moe_experts.CASES if c[6] == 4 and c[2] < 8]  # also run on zk.qmv's core (moe_experts_q4)
-    assert with_res and len(with_res) == len(moe_experts.CASES) + len(q4) and q4
+    # 4-bit top-k < 8 cases also run on zk.qmv's core (moe_experts_q4), in both loop forms
+    q4 = [c for c in moe_experts.CASES if c[6] == 4 and c[2] < 8]
+    assert with_res and len(with_res) == len(moe_experts.CASES) + 2 * len(q4) and q4
     assert any("mma" in v for v in with_res) and any("qmv" in v for v in with_res)
-    assert sum("qmv_core" in v for v in with_res) == len(q4)
+    assert sum("qmv_core" in v for v in with_res) == 2 * len(q4)
+    assert sum(v.endswith("qmv_core batch fp32=True +residual") for v in with_res) == len(q4)
 
 
 def test_qmv_core_is_a_launch_choice_the_cpu_ignores():

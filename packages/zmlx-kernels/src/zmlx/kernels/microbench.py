@@ -163,42 +163,49 @@ def _expert_cases(key: mx.array) -> list[tuple[str, str, float, Callable, Callab
         q = [mx.quantize((mx.random.normal((ne, n, kk), key=keys[j + 1]) * 0.05).astype(mx.bfloat16), 64, 4)
              for j, (n, kk) in enumerate(((i, d), (i, d), (d, i)))]
         bytes_per_expert = sum(w.nbytes + s.nbytes + b.nbytes for w, s, b in q) / ne
-        # top-k < 8 (qmv numerics) also on zk.qmv's core (moe_experts_q4.py): the same results, another launch shape
-        cores = (False, True) if k < 8 else (False,)
+        # top-k < 8 (qmv numerics): the older one-block-a-row kernels, then zk.qmv's core (moe_experts_q4.py) in each
+        # loop form; the same results, other launch shapes
+        forms = ((False, "step"), (True, "step"), (True, "batch")) if k < 8 else ((True, "step"),)
+
+        def label(core, form, what="", name=name, k=k):
+            return name + what + (f" (qmv core{', batch' if form == 'batch' else ''})" if core and k < 8 else "")
+
         if e == 0:
             g, u = [tuple(a[0] for a in qq) for qq in q[:2]]
-            for core in cores:
-                out.append((name + (" (qmv core)" if core else ""), f"[1,{d}]->[1,{i}] gate+up",
-                            2 * bytes_per_expert / 3,
-                            lambda x=x, g=g, u=u, c=core: me.dense_gate_up(x, g, u, group_size=64, bits=4, qmv_core=c),
+            for core, form in forms:
+                out.append((label(core, form), f"[1,{d}]->[1,{i}] gate+up", 2 * bytes_per_expert / 3,
+                            lambda x=x, g=g, u=u, c=core, f=form: me.dense_gate_up(x, g, u, group_size=64, bits=4,
+                                                                                 qmv_core=c, q4_form=f),
                             lambda x=x, g=g, u=u: me.dense_gate_up_reference(x, g, u, group_size=64, bits=4,
                                                                             activation="swiglu")))
             continue
         inds = mx.random.permutation(e, key=keys[4])[:k].astype(mx.uint32)
         scores = mx.softmax(mx.random.normal((k,), key=keys[5])).astype(mx.bfloat16)
+        h = me.moe_gate_up_reference(x, inds, q[0], q[1], group_size=64, bits=4, activation="swiglu")
+        shape = f"E={e} k={k} D={d} I={i}"
 
-        def fused(x=x, inds=inds, q=q, scores=scores, core=False):
-            h = me.moe_gate_up(x, inds, q[0], q[1], group_size=64, bits=4, qmv_core=core)
-            return me.moe_down_combine(h, inds, q[2], scores, group_size=64, bits=4, fp32=False, qmv_core=core)
+        def gate_up(x=x, inds=inds, q=q, core=True, form="step"):
+            return me.moe_gate_up(x, inds, q[0], q[1], group_size=64, bits=4, qmv_core=core, q4_form=form)
 
-        def ref(x=x, inds=inds, q=q, scores=scores):
-            h = me.moe_gate_up_reference(x, inds, q[0], q[1], group_size=64, bits=4, activation="swiglu")
+        def down(h, inds=inds, q=q, scores=scores, core=True, form="step"):
+            return me.moe_down_combine(h, inds, q[2], scores, group_size=64, bits=4, fp32=False, qmv_core=core,
+                                       q4_form=form)
+
+        def ref_gate_up(x=x, inds=inds, q=q):
+            return me.moe_gate_up_reference(x, inds, q[0], q[1], group_size=64, bits=4, activation="swiglu")
+
+        def ref_down(h, inds=inds, q=q, scores=scores):
             return me.moe_down_combine_reference(h, inds, q[2], scores, group_size=64, bits=4, fp32=False)
 
-        for core in cores:
-            out.append((name + (" (qmv core)" if core else ""), f"E={e} k={k} D={d} I={i}", k * bytes_per_expert,
-                        lambda f=fused, c=core: f(core=c), ref))
-        if k < 8:  # each launch alone on the core, to tell which of the two bounds the pair
-            h = me.moe_gate_up_reference(x, inds, q[0], q[1], group_size=64, bits=4, activation="swiglu")
-            out.append((f"{name} gate+up (qmv core)", f"E={e} k={k} D={d} I={i}", k * bytes_per_expert * 2 / 3,
-                        lambda x=x, inds=inds, q=q: me.moe_gate_up(x, inds, q[0], q[1], group_size=64, bits=4),
-                        lambda x=x, inds=inds, q=q: me.moe_gate_up_reference(x, inds, q[0], q[1], group_size=64,
-                                                                            bits=4, activation="swiglu")))
-            out.append((f"{name} down+combine (qmv core)", f"E={e} k={k} D={d} I={i}", k * bytes_per_expert / 3,
-                        lambda h=h, inds=inds, q=q, s=scores: me.moe_down_combine(h, inds, q[2], s, group_size=64,
-                                                                                  bits=4, fp32=False),
-                        lambda h=h, inds=inds, q=q, s=scores: me.moe_down_combine_reference(
-                            h, inds, q[2], s, group_size=64, bits=4, fp32=False)))
+        for core, form in forms:
+            out.append((label(core, form), shape, k * bytes_per_expert,
+                        lambda c=core, f=form, gu=gate_up, dn=down: dn(gu(core=c, form=f), core=c, form=f),
+                        lambda gu=ref_gate_up, dn=ref_down: dn(gu())))
+        for core, form in forms[1:]:  # each launch alone on the core, to tell which of the two bounds the pair
+            out.append((label(core, form, " gate+up"), shape, k * bytes_per_expert * 2 / 3,
+                        lambda c=core, f=form, gu=gate_up: gu(core=c, form=f), ref_gate_up))
+            out.append((label(core, form, " down+combine"), shape, k * bytes_per_expert / 3,
+                        lambda c=core, f=form, h=h, dn=down: dn(h, core=c, form=f), lambda h=h, dn=ref_down: dn(h)))
     return out
 
 

@@ -82,7 +82,7 @@ def dense_gate_up_reference(x, gate: Quant, up: Quant, *, group_size, bits, acti
 
 
 def dense_gate_up(x: mx.array, gate: Quant, up: Quant, *, group_size: int, bits: int, activation: str = "swiglu",
-                  alpha: float = 1.702, limit: float = 7.0, qmv_core: bool = True,
+                  alpha: float = 1.702, limit: float = 7.0, qmv_core: bool = True, q4_form: str = "step",
                   stream: mx.Stream | None = None) -> mx.array:
     """``act(gate(x), up(x))`` of a dense quantized MLP for one token, shaped like ``x`` with ``N`` columns.
 
@@ -95,7 +95,8 @@ def dense_gate_up(x: mx.array, gate: Quant, up: Quant, *, group_size: int, bits:
         return dense_gate_up_reference(x, gate, up, group_size=group_size, bits=bits, activation=activation,
                                        alpha=alpha, limit=limit)
     return moe_gate_up(x, constant((0,), mx.uint32), gate, up, group_size=group_size, bits=bits, activation=activation,
-                       alpha=alpha, limit=limit, out_shape=(*x.shape[:-1], n), qmv_core=qmv_core, stream=stream)
+                       alpha=alpha, limit=limit, out_shape=(*x.shape[:-1], n), qmv_core=qmv_core, q4_form=q4_form,
+                       stream=stream)
 
 
 def _fusable(x: mx.array, qs: tuple[Quant, ...]) -> bool:
@@ -105,13 +106,14 @@ def _fusable(x: mx.array, qs: tuple[Quant, ...]) -> bool:
 def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group_size: int, bits: int,
                 activation: str = "swiglu", gate_bias: mx.array | None = None, up_bias: mx.array | None = None,
                 alpha: float = 1.702, limit: float = 7.0, out_shape: tuple[int, ...] | None = None,
-                qmv_core: bool = True, stream: mx.Stream | None = None) -> mx.array:
+                qmv_core: bool = True, q4_form: str = "step", stream: mx.Stream | None = None) -> mx.array:
     """Activation of the gate and up projections of the ``k`` experts in ``indices`` for one token: ``[k, N]``.
 
     ``out_shape`` (same size) names the result's shape directly: every reshape is a graph node on the decode path.
     ``qmv_core`` (default on): 4-bit launches in MLX's qmv numerics take moe_experts_q4.py's kernel (zk.qmv's launch
     shape and packed dequantisation, the same results; on an H100 1.3-2.3x less device time than the one-block-a-row
-    kernel, ``zmlx-bench kernels``); False keeps that kernel; 8-bit and mma launches are unaffected.
+    kernel, ``zmlx-bench kernels``); False keeps that kernel; 8-bit and mma launches are unaffected. ``q4_form``:
+    that kernel's loop, ``"step"`` (zk.qmv's) or ``"batch"`` (every unrolled step's loads first), the same results.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -133,7 +135,7 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
         from . import moe_experts_q4 as q4  # it builds on qmv.py, which imports this module
 
         return launch(
-            q4.SPECS[f"gate_up_q4_{activation}"], target, inputs=inputs,
+            q4.SPECS[f"gate_up_q4_{activation}" + q4.suffix(q4_form)], target, inputs=inputs,
             output_shapes=[out_shape or (k, n)], output_dtypes=[x.dtype], threads=-(-n // q4.WARPS) * q4.WARPS * 32,
             threadgroup=q4.WARPS * 32, blocks_y=k,
             template=[("T", x.dtype), ("GS", group_size), ("U", 4), ("HAS_BIAS", has_bias), ("X_PER_EXPERT", False)],
@@ -155,12 +157,12 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
 
 def moe_down_combine(h: mx.array, indices: mx.array, down: Quant, scores: mx.array, *, group_size: int,
                      bits: int, fp32: bool, down_bias: mx.array | None = None, residual: mx.array | None = None,
-                     out_shape: tuple[int, ...] | None = None, qmv_core: bool = True,
+                     out_shape: tuple[int, ...] | None = None, qmv_core: bool = True, q4_form: str = "step",
                      stream: mx.Stream | None = None) -> mx.array:
     """Down projection of each expert's ``h`` row, then the family's weighted combine in routing order: ``[D]``
     (or ``out_shape``, same size). ``residual`` (``[D]`` values, the combine's dtype) is added last, rounded
-    once, as a decoder layer's ``h + moe(x)``. ``qmv_core`` as in ``moe_gate_up``: one warp per output row over all
-    k slots (moe_experts_q4.py)."""
+    once, as a decoder layer's ``h + moe(x)``. ``qmv_core`` and ``q4_form`` as in ``moe_gate_up``: one warp per
+    output row over all k slots (moe_experts_q4.py)."""
     target = target_for(stream)
     k = indices.size
     n, kdim = down[0].shape[-2], h.shape[-1]
@@ -182,9 +184,10 @@ def moe_down_combine(h: mx.array, indices: mx.array, down: Quant, scores: mx.arr
         from . import moe_experts_q4 as q4
 
         return launch(
-            q4.DOWN_SPEC, target, inputs=inputs, output_shapes=[out_shape or (n,)], output_dtypes=[out_dtype],
-            threads=-(-n // q4.WARPS) * q4.WARPS * 32, threadgroup=q4.WARPS * 32,
-            template=[("T", h.dtype), ("P", p), ("O", out_dtype), ("GS", group_size), ("KTOP", k), ("U", 2),
+            q4.SPECS["down_combine_q4" + q4.suffix(q4_form)], target, inputs=inputs, output_shapes=[out_shape or (n,)],
+            output_dtypes=[out_dtype], threads=-(-n // q4.WARPS) * q4.WARPS * 32, threadgroup=q4.WARPS * 32,
+            template=[("T", h.dtype), ("P", p), ("O", out_dtype), ("GS", group_size), ("KTOP", k),
+                      ("U", q4.down_unroll(q4_form, k)),
                       ("HAS_BIAS", down_bias is not None), ("HAS_RES", residual is not None)],
             stream=stream,
         )[0]
@@ -243,9 +246,9 @@ def check_cases(seed: int) -> list[CheckCase]:
         h_ref = moe_gate_up_reference(x, inds, gate, up, activation=act, gate_bias=gb, up_bias=ub, group_size=gs,
                                       bits=bits)
         # 4-bit qmv-numerics cases also run on zk.qmv's core (moe_experts_q4.py), which must give the same bits
-        for core in (False, True) if bits == 4 and k < 8 else (False,):
-            kw = dict(group_size=gs, bits=bits, qmv_core=core)
-            tag = " qmv_core" if core else ""
+        for core, form in ((False, "step"), (True, "step"), (True, "batch")) if bits == 4 and k < 8 else ((False, "step"),):
+            kw = dict(group_size=gs, bits=bits, qmv_core=core, q4_form=form)
+            tag = (" qmv_core" if core else "") + (" batch" if form == "batch" else "")
             cases.append(CheckCase(
                 op="moe_experts", variant=f"gate_up {name}{tag}", dtype="bfloat16",
                 kernel=lambda x=x, inds=inds, g=gate, u=up, a=act, gb=gb, ub=ub, kw=kw: [
@@ -257,7 +260,7 @@ def check_cases(seed: int) -> list[CheckCase]:
 
 def _down_cases(name, x, d, h_ref, inds, scores, down, db, kw) -> list[CheckCase]:
     cases = []
-    ref_kw = {k: v for k, v in kw.items() if k != "qmv_core"}
+    ref_kw = {k: v for k, v in kw.items() if k not in ("qmv_core", "q4_form")}
     # the residual epilogue on the fp32 combine (the output stays in x's dtype), residual with ties to x
     res = mx.where(mx.arange(d) % 5 == 0, x, -x).astype(mx.bfloat16)
     for fp32, sc, r in ((False, scores, None), (True, scores.astype(mx.float32), None),
@@ -287,10 +290,12 @@ def dense_check_cases(seed: int) -> list[CheckCase]:
         gate, up = (mx.quantize((mx.random.normal((n, d), key=kk) * 0.05).astype(mx.bfloat16), gs, bits)
                     for kk in (k2, k3))
         kw = dict(group_size=gs, bits=bits, activation=act)
-        for core in (False, True) if bits == 4 else (False,):
+        for core, form in ((False, "step"), (True, "step"), (True, "batch")) if bits == 4 else ((False, "step"),):
             cases.append(CheckCase(
-                op="moe_experts", variant=name + (" qmv_core" if core else ""), dtype="bfloat16",
-                kernel=lambda x=x, g=gate, u=up, kw=kw, core=core: [dense_gate_up(x, g, u, qmv_core=core, **kw)],
+                op="moe_experts", variant=name + (" qmv_core" if core else "") + (" batch" if form == "batch" else ""),
+                dtype="bfloat16",
+                kernel=lambda x=x, g=gate, u=up, kw=kw, core=core, form=form: [
+                    dense_gate_up(x, g, u, qmv_core=core, q4_form=form, **kw)],
                 reference=lambda x=x, g=gate, u=up, kw=kw: [dense_gate_up_reference(x, g, u, **kw)], exact=True))
     return cases
 

@@ -22,9 +22,10 @@ from . import qmv as Q
 from ._base import CheckCase, OpInfo, RefCheck
 from .moe_experts import Quant
 
-# qmv_batch: U steps' loads issued before the first step's arithmetic (SASS: all 20 loads ahead of the first
-# HFMA2 at R1 U4), then the steps in order: the same sums per code
-_BATCHED = """\
+
+def batched_loop(loads: str) -> str:
+    """The batch form of qmv.py's loop around ``loads`` (text that defines xa, xb and wv/sv/bv[R] for step k0)."""
+    return """\
   for (int kb = lane * 16; kb < K; kb += 512 * U) {
     uint4 xa_[U], xb_[U];
     uint2 wv_[U][R];
@@ -33,7 +34,7 @@ _BATCHED = """\
     for (int u = 0; u < U; ++u) {
       const int k0 = kb + 512 * u;
       if (k0 < K) {  // lanes past K skip the residue step, as MLX's do
-""" + Q._LOADS + """\
+""" + loads + """\
         xa_[u] = xa; xb_[u] = xb;
 #pragma unroll
         for (int r = 0; r < R; ++r) { wv_[u][r] = wv[r]; sv_[u][r] = sv[r]; bv_[u][r] = bv[r]; }
@@ -53,6 +54,11 @@ _BATCHED = """\
     }
   }
 """
+
+
+# qmv_batch: U steps' loads issued before the first step's arithmetic (SASS: all 20 loads ahead of the first
+# HFMA2 at R1 U4), then the steps in order: the same sums per code
+_BATCHED = batched_loop(Q._LOADS)
 
 SPEC_BATCH = KernelSpec(name="qmv_batch", inputs=Q.SPEC.inputs, outputs=Q.SPEC.outputs,
                         body=Q._ONE + Q._CORE_HEAD + _BATCHED + Q._CORE_TAIL, templates=Q.SPEC.templates)

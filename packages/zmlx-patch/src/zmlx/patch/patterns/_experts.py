@@ -20,6 +20,8 @@ from zmlx import kernels as zk
 # top-k < 8 experts and dense gate+up (_dense.py) on moe_experts_q4.py's kernels (zk.qmv's launch shape, the same
 # per-row arithmetic). On: GPU tests bit-exact, lfm2 x2.231 and gpt-oss x1.582 capsules (docs/perf-notes.md v11).
 QMV_CORE = True
+# Measurement switch ('q4batch'): those launches in their batch loop form (zk's q4_form="batch"); off until measured.
+Q4_BATCH = False
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def fused_experts(plan: ExpertPlan, x: mx.array, inds: mx.array, scores: mx.arra
     gb, ub, db = plan.biases
     h = zk.moe_gate_up(x, inds, plan.gate, plan.up, group_size=plan.group_size, bits=plan.bits,
                        activation=plan.activation, gate_bias=gb, up_bias=ub, alpha=plan.alpha, limit=plan.limit,
-                       qmv_core=QMV_CORE)
+                       qmv_core=QMV_CORE, q4_form="batch" if Q4_BATCH else "step")
     return zk.moe_down_combine(h, inds, plan.down, scores, group_size=plan.group_size, bits=plan.bits, fp32=fp32,
                                down_bias=db, residual=residual, out_shape=(*x.shape[:-1], plan.down[0].shape[-2]),
-                               qmv_core=QMV_CORE)
+                               qmv_core=QMV_CORE, q4_form="batch" if Q4_BATCH else "step")
