@@ -22,7 +22,8 @@ from ..backend import launch, target_for
 from ..emit import KernelSpec, Param
 from ._base import CheckCase, OpInfo, RefCheck
 from .moe_experts import Quant, mlx_numerics
-from .qmv import _CORE, WARPS
+from .qmv import WARPS
+from .qmv_kernels import CORE
 
 _GATHER = """\
   // w (E, N, K/8); slot l = zm_bid_y: expert inds[l], x row (XPER ? l : 0), output row l
@@ -42,9 +43,9 @@ _GATHER = """\
 """
 _X_LINE = "  ZM_DEVICE const T* xr = x + size_t(m) * size_t(K);\n"
 _OUT_LINE = "      outq[size_t(m) * size_t(N) + size_t(row0 + r)] = g;\n"
-if _CORE.count(_X_LINE) != 1 or _CORE.count(_OUT_LINE) != 1:  # qmv's core changed shape: fail at import
+if CORE.count(_X_LINE) != 1 or CORE.count(_OUT_LINE) != 1:  # qmv's core changed shape: fail at import
     raise RuntimeError("qmv.py's core no longer reads x and writes out through one line each")
-_BODY = _GATHER + _CORE.replace(_X_LINE, "  ZM_DEVICE const T* xr = xq;\n").replace(
+_BODY = _GATHER + CORE.replace(_X_LINE, "  ZM_DEVICE const T* xr = xq;\n").replace(
     _OUT_LINE, "      outq[size_t(row0 + r)] = g;\n")
 
 SPEC = KernelSpec(

@@ -4,7 +4,7 @@ The ``qmv`` kernels of moe_experts_kernels.py reproduce MLX's gather_qmv per row
 130-600 GB/s against MLX's 600-760 (down+combine the slowest: one block per output row, its k warps idle behind a
 barrier; perf-notes v5, v9). These keep the per-row arithmetic (lane ``l`` owns codes ``l*16 + i + 512*r``, bf16
 ``fma(x, fma(q, scale, bias), acc)`` per code, the 16 accumulators summed in float from +0 in order, a butterfly over
-16..1 lanes, one rounding) and take qmv.py's launch shape and dequantisation (``_MATH``: codes two at a time in
+16..1 lanes, one rounding) and take qmv.py's launch shape and dequantisation (qmv_kernels.py's ``MATH``: codes two at a time in
 packed bf16, x loaded 16 bytes at a time), which zk.qmv runs bit-identically to MLX at 1.1-2.1x less device time:
 
 - gate+up: one warp per output row ``n`` of slot ``l``, computing the gate row and the up row together (``R = 2``
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..emit import KernelSpec, Param
 from .moe_experts_kernels import ACTIVATIONS, DOWN_INPUTS, GATE_UP_INPUTS, act_block
-from .qmv import _MATH
+from .qmv_kernels import MATH
 from .qmv_tuning import batched_loop
 
 WARPS = 4  # warps a block, as zk.qmv
@@ -73,7 +73,7 @@ _GATE_UP_LOADS = """\
 _STEP_LOOP = """\
 #pragma unroll U
   for (int k0 = lane * 16; k0 < K; k0 += 512) {  // lanes past K skip the residue step, as MLX's do
-""" + _GATE_UP_LOADS + _MATH + """\
+""" + _GATE_UP_LOADS + MATH + """\
   }
 """
 

@@ -21,22 +21,8 @@ from ..emit import KernelSpec, Param
 from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64
 from .moe_experts import Quant
 from .norms import mlx_rms_layout
-from .qmv import (
-    _CORE_HEAD,
-    _CORE_TAIL,
-    _LOADS,
-    _MANY,
-    _MATH,
-    MANY_CASES,
-    SPEC_MANY,
-    WARPS,
-    QmvManyPlan,
-    _many_args,
-    fits,
-    make_case,
-    projection_error,
-    qmv_many,
-)
+from .qmv import MANY_CASES, WARPS, QmvManyPlan, _many_args, fits, make_case, projection_error, qmv_many
+from .qmv_kernels import CORE_HEAD, CORE_TAIL, LOADS, MANY, MATH, SPEC_MANY
 
 _NORM = """\
   // the row's RMSNorm in MLX's rms_norm order: lane l stands in for MLX's threads 32 v + l, v < IBS / 32
@@ -65,21 +51,21 @@ _NORM = """\
   }
 """
 _X_LOADS = "    const uint4 xa = zm_load16(xr + k0);\n    const uint4 xb = zm_load16(xr + k0 + 8);\n"
-if _LOADS.count(_X_LOADS) != 1:  # qmv's core changed shape: fail at import
+if LOADS.count(_X_LOADS) != 1:  # qmv's core changed shape: fail at import
     raise RuntimeError("qmv.py's step no longer loads x through its two xa / xb lines")
 _LOOP = """\
 #pragma unroll U
   for (int k0 = lane * 16; k0 < K; k0 += 512) {
-""" + _LOADS.replace(_X_LOADS, """\
+""" + LOADS.replace(_X_LOADS, """\
     const uint4 xa = zm_rms8(zm_load16(xr + k0), zm_load16(in_w + k0), inv);
     const uint4 xb = zm_rms8(zm_load16(xr + k0 + 8), zm_load16(in_w + k0 + 8), inv);
-""") + _MATH + "  }\n"
+""") + MATH + "  }\n"
 
 SPEC = KernelSpec(
     name="qmv_many_norm",
     inputs=(SPEC_MANY.inputs[0], Param("in_w"), Param("in_eps", "float"), *SPEC_MANY.inputs[1:]),
     outputs=SPEC_MANY.outputs,
-    body=_MANY + _CORE_HEAD + _NORM + _LOOP + _CORE_TAIL,
+    body=MANY + CORE_HEAD + _NORM + _LOOP + CORE_TAIL,
     templates=(*SPEC_MANY.templates, ("IBS", 128), ("ICH", 4), ("IRD", 8)),
 )
 

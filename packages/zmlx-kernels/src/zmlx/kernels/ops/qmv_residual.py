@@ -17,12 +17,13 @@ from ..backend import launch, target_for
 from ..emit import KernelSpec, Param
 from ._base import REF_TOLERANCE, CheckCase, OpInfo, RefCheck, as_float64
 from .moe_experts import Quant
-from .qmv import _CORE, _ONE, fits, geometry, make_case, qmv_reference
+from .qmv import fits, geometry, make_case, qmv_reference
+from .qmv_kernels import CORE, ONE
 
 _OUT_LINE = "      outq[size_t(m) * size_t(N) + size_t(row0 + r)] = g;\n"
-if _CORE.count(_OUT_LINE) != 1:  # qmv's core changed shape: fail at import
+if CORE.count(_OUT_LINE) != 1:  # qmv's core changed shape: fail at import
     raise RuntimeError("qmv.py's core no longer writes out through one line")
-_BODY = _ONE + _CORE.replace(
+_BODY = ONE + CORE.replace(
     _OUT_LINE, "      outq[size_t(m) * size_t(N) + size_t(row0 + r)] = zm_add_rn(res[size_t(m) * size_t(N) + "
                "size_t(row0 + r)], g);\n")
 

@@ -19,6 +19,7 @@ import mlx.core as mx
 from ..backend import launch, target_for
 from ..emit import KernelSpec
 from . import qmv as Q
+from . import qmv_kernels as K
 from ._base import CheckCase, OpInfo, RefCheck
 from .moe_experts import Quant
 
@@ -49,7 +50,7 @@ def batched_loop(loads: str) -> str:
         T sv[R], bv[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) { wv[r] = wv_[u][r]; sv[r] = sv_[u][r]; bv[r] = bv_[u][r]; }
-""" + Q._MATH + """\
+""" + K.MATH + """\
       }
     }
   }
@@ -58,10 +59,10 @@ def batched_loop(loads: str) -> str:
 
 # qmv_batch: U steps' loads issued before the first step's arithmetic (SASS: all 20 loads ahead of the first
 # HFMA2 at R1 U4), then the steps in order: the same sums per code
-_BATCHED = batched_loop(Q._LOADS)
+_BATCHED = batched_loop(K.LOADS)
 
-SPEC_BATCH = KernelSpec(name="qmv_batch", inputs=Q.SPEC.inputs, outputs=Q.SPEC.outputs,
-                        body=Q._ONE + Q._CORE_HEAD + _BATCHED + Q._CORE_TAIL, templates=Q.SPEC.templates)
+SPEC_BATCH = KernelSpec(name="qmv_batch", inputs=K.SPEC.inputs, outputs=K.SPEC.outputs,
+                        body=K.ONE + K.CORE_HEAD + _BATCHED + K.CORE_TAIL, templates=K.SPEC.templates)
 
 
 def _lane(text: str, v: int) -> str:
@@ -94,7 +95,7 @@ _HALF = """\
     uint2 wv0[1], wv1[1];
     T sv0[1] = {sc}, bv0[1] = {bi}, sv1[1] = {sc}, bv1[1] = {bi};
     wv0[0].x = w4.x; wv0[0].y = w4.y; wv1[0].x = w4.z; wv1[0].y = w4.w;
-""" + _lane(Q._MATH, 0) + _lane(Q._MATH, 1) + """\
+""" + _lane(K.MATH, 0) + _lane(K.MATH, 1) + """\
   }
   float tot0 = 0.0f, tot1 = 0.0f;  // each lane's 16 accumulators in code order, from +0
 #pragma unroll
@@ -113,7 +114,7 @@ _HALF = """\
     outq[size_t(m) * size_t(N) + size_t(row)] = g;
   }
 """
-SPEC_HALF = KernelSpec(name="qmv_half", inputs=Q.SPEC.inputs, outputs=Q.SPEC.outputs, body=Q._ONE + _HALF,
+SPEC_HALF = KernelSpec(name="qmv_half", inputs=K.SPEC.inputs, outputs=K.SPEC.outputs, body=K.ONE + _HALF,
                        templates=(("T", "float"), ("QGS", 64), ("R", 2), ("U", 4), ("HAS_BIAS", False)))
 VARIANTS = ("batch", "half")
 
