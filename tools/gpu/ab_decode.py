@@ -18,10 +18,10 @@ traced layers (conv_layer, attention_layer) from folding the residual add into t
 and 'convproj' are the opt-ins patch(fuse_router=True), patch(fuse_qkv=True) and patch(fuse_conv_proj=True): the router projection inside the
 routing launch (zk.quantized_router), the q/k/v projections inside the q/k norm + RoPE launch (zk.qkv_norm_rope),
 LFM2's conv in_proj inside the short-conv launch (zk.short_conv_proj); 'noprologue' keeps compile_blocks from
-tracing the qk_norm_rope attention prologue; 'noq4core' runs 4-bit top-k < 8 fused experts on the older one-block-a-row
-kernels instead of zk.qmv's core (moe_experts_q4.py, the default since v11); 'q4batch' runs those in their batch
-loop form (every unrolled step's loads first); 'projfold' adds a traced layer's residuals inside its o_proj and dense down_proj launches
-(zk.qmv_residual where quantized_linear patched them: default+layer+lin+projfold); 'normfold' runs a traced
+tracing the qk_norm_rope attention prologue; 'noq4core' runs 4-bit top-k < 8 fused experts on the older
+one-block-a-row kernels instead of zk.qmv's core (moe_experts_q4.py, the default since v11); 'q4batch' runs those in
+their batch loop form (every unrolled step's loads first); 'projfold' adds a traced layer's residuals inside its
+o_proj and dense down_proj launches (zk.qmv_residual where quantized_linear patched them: default+layer+lin+projfold); 'normfold' runs a traced
 layer's norms inside the q/k/v or gate/up launch that reads them (zk.qmv_many_norm); 'ropefold' a traced
 Llama-style layer's q and k rotations as one launch (zk.rope_qk). Pattern parts after 'default' add opt-in patterns to the family's
 defaults: default+layer is patch(patterns=defaults + ['attention_layer']) (layer: the decoder layer traced around

@@ -49,7 +49,8 @@ def test_non_affine_quantization_keeps_the_blocks_own_projections(family, monkey
 
 @pytest.mark.parametrize("core", [False, True])
 def test_qmv_core_switch_reaches_both_expert_launches_exactly(core, monkeypatch):
-    """_experts.QMV_CORE (on by default; ab_decode's 'noq4core' turns it off) hands qmv_core to both fused expert ops; results are unchanged."""
+    """_experts.QMV_CORE (on by default; ab_decode's 'noq4core' turns it off) hands qmv_core to both fused expert
+    ops; results are unchanged."""
     from zmlx import kernels as zk
     from zmlx.patch.patterns import _experts
 

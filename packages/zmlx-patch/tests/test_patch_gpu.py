@@ -216,7 +216,7 @@ def test_family_patched_identical_on_gpu(family, mode, models, monkeypatch):
     if mode == "stacked" and not ({"attention_layer", "residual_norm"} & set(spec.sites)):
         pytest.skip(f"{family} has no decoder layer that fuses its residual add and norm")
     model = models(family)
-    if mode == "q4core":  # fused 4-bit top-k < 8 experts / dense gate+up on zk.qmv's core (_experts.QMV_CORE)
+    if mode == "q4core":  # fuse_projections with the core (_experts.QMV_CORE, the default): asserts it was taken
         if not _q4core_applies(model, spec):
             pytest.skip(f"{family} has no all-4-bit top-k < 8 experts or split 4-bit dense gate+up")
         monkeypatch.setattr(EX, "QMV_CORE", True)

@@ -114,9 +114,10 @@ FUSE_ON_CUDA: dict[str, str] = {
 ON_CUDA: dict[str, dict[str, str]] = {
     "llama": dict.fromkeys(("attention_layer", "quantized_linear"),
         "with both (+ qmv_many): llama-3-8b decode x1.367 [1.218, 1.403], faster, 5/5 pairs (prefill x0.891), "
-        "capsules/20261127_h200_llama-3-8b_defaults-v10_20608aa.json, and x1.021 [0.958, 1.151], within noise, on "
-        "an H100, capsules/20261127_h100_llama-3-8b_defaults-v11_867ea08.json (MLX's graph cache, v10b); before qmv_many x1.021 and x1.185, within "
-        "noise, capsules/20261127_h100_llama-3-8b_defaults-v9_7734bd2.json (docs/perf-notes.md v9, v10)"),
+        "capsules/20261127_h200_llama-3-8b_defaults-v10_20608aa.json, and x1.021 [0.958, 1.151], within noise, "
+        "on an H100, capsules/20261127_h100_llama-3-8b_defaults-v11_867ea08.json (MLX's graph cache, v10b); before "
+        "qmv_many x1.021 and x1.185, within noise, capsules/20261127_h100_llama-3-8b_defaults-v9_7734bd2.json "
+        "(docs/perf-notes.md v9, v10, v11)"),
     "qwen3_moe": dict.fromkeys(("attention_layer", "quantized_linear"),
         "with both: qwen3-30b-a3b decode x1.333 [1.050, 1.482], faster, 5/5 pairs, "
         "capsules/20261127_h200_qwen3-30b-a3b_defaults-v10_20608aa.json; x1.225 [1.055, 1.862] before the MMA "

@@ -111,8 +111,9 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
 
     ``out_shape`` (same size) names the result's shape directly: every reshape is a graph node on the decode path.
     ``qmv_core`` (default on): 4-bit launches in MLX's qmv numerics take moe_experts_q4.py's kernel (zk.qmv's launch
-    shape and packed dequantisation, the same results; on an H100 1.3-2.3x less device time than the one-block-a-row
-    kernel, ``zmlx-bench kernels``); False keeps that kernel; 8-bit and mma launches are unaffected. ``q4_form``:
+    shape and packed dequantisation, the same results; on an H100 1.6-2.3x less time a call than the one-block-a-row
+    kernel, docs/profiles/20261127_h100_session7_qmv_core.md); False keeps that kernel; 8-bit and mma launches are
+    unaffected. ``q4_form``:
     that kernel's loop, ``"step"`` (zk.qmv's) or ``"batch"`` (every unrolled step's loads first), the same results.
     """
     if activation not in ACTIVATIONS:
@@ -246,7 +247,8 @@ def check_cases(seed: int) -> list[CheckCase]:
         h_ref = moe_gate_up_reference(x, inds, gate, up, activation=act, gate_bias=gb, up_bias=ub, group_size=gs,
                                       bits=bits)
         # 4-bit qmv-numerics cases also run on zk.qmv's core (moe_experts_q4.py), which must give the same bits
-        for core, form in ((False, "step"), (True, "step"), (True, "batch")) if bits == 4 and k < 8 else ((False, "step"),):
+        forms = ((False, "step"), (True, "step"), (True, "batch")) if bits == 4 and k < 8 else ((False, "step"),)
+        for core, form in forms:
             kw = dict(group_size=gs, bits=bits, qmv_core=core, q4_form=form)
             tag = (" qmv_core" if core else "") + (" batch" if form == "batch" else "")
             cases.append(CheckCase(

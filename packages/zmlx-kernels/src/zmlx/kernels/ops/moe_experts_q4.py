@@ -4,13 +4,17 @@ The ``qmv`` kernels of moe_experts_kernels.py reproduce MLX's gather_qmv per row
 130-600 GB/s against MLX's 600-760 (down+combine the slowest: one block per output row, its k warps idle behind a
 barrier; perf-notes v5, v9). These keep the per-row arithmetic (lane ``l`` owns codes ``l*16 + i + 512*r``, bf16
 ``fma(x, fma(q, scale, bias), acc)`` per code, the 16 accumulators summed in float from +0 in order, a butterfly over
-16..1 lanes, one rounding) and take qmv.py's launch shape and dequantisation (qmv_kernels.py's ``MATH``: codes two at a time in
-packed bf16, x loaded 16 bytes at a time), which zk.qmv runs bit-identically to MLX at 1.1-2.1x less device time:
+16..1 lanes, one rounding) and take qmv.py's launch shape and dequantisation (qmv_kernels.py's ``MATH``: codes two
+at a time in packed bf16, x loaded 16 bytes at a time), which zk.qmv runs bit-identically to MLX at 1.1-2.1x less
+device time:
 
 - gate+up: one warp per output row ``n`` of slot ``l``, computing the gate row and the up row together (``R = 2``
   rows sharing x), then the activation epilogue of activations.py;
 - down+combine: one warp per output row ``d`` over all ``KTOP`` slots (``KTOP`` rows, each with its own h row, all
   their loads of a step in flight), then lane 0 adds each slot's bias and combines in slot order; no block barrier.
+
+Each in two loop forms (``FORMS``): ``step``, zk.qmv's unrolled loop, and ``batch``, every unrolled step's loads
+issued before the first step's arithmetic (qmv_tuning.py's batch loop); the same sums per code in both.
 """
 
 from __future__ import annotations
