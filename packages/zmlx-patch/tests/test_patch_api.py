@@ -201,7 +201,10 @@ def test_list_patterns_and_support_matrix(capsys):
     for name in supported_model_types():
         assert name in out
     assert "residual_norm (opt-in)" in out and "excluded for fidelity" in out
-    assert "attention_layer (opt-in)" in out
+    assert "attention_layer (opt-in)" in out  # qwen3 and others
+    # opt-ins a capsule made CUDA defaults say so, with their measurement
+    assert "attention_layer (opt-in; on by default on CUDA)" in out
+    assert "why: gpt_oss quantized_linear on by default on CUDA: with both and the experts on zk.qmv's core" in out
     traced_off = {line.split()[0] for line in out.splitlines() if line.rstrip().endswith("moe_mlp not traced")}
     assert traced_off == {"qwen2_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe"}, "sigmoid-gated shared experts only"
     fused = {line.split()[0] for line in out.splitlines() if "projections fused on CUDA" in line

@@ -16,7 +16,8 @@ def support_matrix() -> list[str]:
     lines = [f"{'model_type':<14} {'default patterns':<46} {'opt-in / excluded':<56} notes"]
     for name, fam in FAMILIES.items():
         on = [p for p in DEFAULT_PATTERNS if p in fam.sites and p not in fam.excluded]
-        off = ([f"{p} (opt-in)" for p in PATTERN_NAMES if p in fam.opt_in] + [f"{p} (excluded)" for p in fam.excluded]
+        off = ([f"{p} (opt-in{'; on by default on CUDA' if p in fam.on_cuda else ''})" for p in PATTERN_NAMES
+                if p in fam.opt_in] + [f"{p} (excluded)" for p in fam.excluded]
                + [f"{p} (unfused: off on CUDA)" for p in fam.slow_on_cuda])
         notes = []
         moe = next((s for s in fam.sites.get("moe_mlp", ()) if isinstance(s, MoeSite)), None)
@@ -33,6 +34,7 @@ def support_matrix() -> list[str]:
     reasons |= {f"{name} {p} off on CUDA: {r}" for name, fam in FAMILIES.items() for p, r in fam.slow_on_cuda.items()}
     reasons |= {f"{name} projections fused on CUDA (fuse_projections=None): {fam.fuse_on_cuda}"
                 for name, fam in FAMILIES.items() if fam.fuse_on_cuda}
+    reasons |= {f"{name} {p} on by default on CUDA: {r}" for name, fam in FAMILIES.items() for p, r in fam.on_cuda.items()}
     if not any(fam.excluded for fam in FAMILIES.values()):
         lines.append("")
         lines.append("excluded for fidelity: none (no measured break yet; exclusions need a failing GPU run)")
