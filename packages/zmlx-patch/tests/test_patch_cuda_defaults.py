@@ -60,13 +60,14 @@ def test_fuse_projections_default_per_family_on_cuda(family, fused, monkeypatch,
     unpatch(model)
 
 
-def test_mixtral_moe_mlp_is_off_on_cuda_where_a_capsule_measured_it_slower(monkeypatch):
+def test_mixtral_moe_mlp_is_off_on_cuda_where_a_capsule_measured_it_slower(monkeypatch, capsys):
     model = tiny.build("mixtral", quantized=True)
     assert patch(model, verbose=False).counts == {"moe_mlp": 2}  # CPU: nothing per-backend applies
     unpatch(model)
     _on_cuda(monkeypatch)
-    result = patch(model, verbose=False)
+    result = patch(model)
     assert result.counts == {} and "x0.750" in result.not_applied["moe_mlp"]
+    assert "left out on CUDA, measured slower here: moe_mlp" in capsys.readouterr().out
     unpatch(model)
     assert patch(model, patterns=["moe_mlp"], verbose=False).counts == {"moe_mlp": 2}  # asked for: applied
 

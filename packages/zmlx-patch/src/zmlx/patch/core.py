@@ -229,6 +229,10 @@ def _print(result: PatchResult) -> None:
         print(f"{PREFIX} fuse_projections: quantized projections fused at decode")
     if result.opt_ins and result.total:
         print(f"{PREFIX} opt-in fusions (bit-exact where they run; see docs/perf-notes.md): {', '.join(result.opt_ins)}")
+    slow = [p for p, why in result.not_applied.items() if why.startswith("slower on CUDA")]
+    if slow:  # left out for speed, not fidelity: say so, and how to have them anyway
+        print(f"{PREFIX} left out on CUDA, measured slower here: {', '.join(slow)} (patch(model, patterns=[...]) "
+              f"applies them; python -m zmlx.patch list says why)")
     if result.message:
         print(result.message)
 

@@ -45,12 +45,13 @@ ATTENTION_LAYER_OPT_IN = ("opt-in: bit-exact on the H100; alone no faster (the d
                           "around the KV-cache update and SDPA; docs/perf-notes.md v8e, v8f); a default on CUDA with "
                           "quantized_linear where a capsule measured it (registry.ON_CUDA)")
 
-QUANTIZED_LINEAR_OPT_IN = ("opt-in: bit-identical on the H100 with 1.6-2x less device time a projection; a default on CUDA "
-                           "only where a capsule measured it (registry.ON_CUDA: llama, qwen3_moe), as each call is a "
-                           "custom-kernel launch (docs/perf-notes.md v9)")
+QUANTIZED_LINEAR_OPT_IN = ("opt-in: bit-identical on the H100 with 1.6-2x less device time a projection; a default on "
+                           "CUDA only where a capsule measured it (registry.ON_CUDA: llama, qwen3_moe, gpt_oss), as "
+                           "each call is a custom-kernel launch (docs/perf-notes.md v9)")
 
-QUANTIZED_SWITCH_LINEAR_OPT_IN = ("opt-in: the experts' projections through zk.gather_qmv (zk.qmv's core, MLX's gather_qmv "
-                                  "arithmetic); written without a GPU, not yet run on one (docs/perf-notes.md v9c)")
+QUANTIZED_SWITCH_LINEAR_OPT_IN = ("opt-in: the experts' projections through zk.gather_qmv (zk.qmv's core, MLX's "
+                                  "gather_qmv arithmetic); bit-identical on the GPU (5d210df), decode speed not yet "
+                                  "measured (docs/perf-notes.md v9c)")
 
 RESIDUAL_NORM_OPT_IN = ("opt-in: bit-exact on CUDA but no decode gain measured (in-process A/B x0.92-1.03 alone, "
                         "slower beside the other patterns; docs/perf-notes.md)")

@@ -15,14 +15,14 @@ from . import moe_mlp, swiglu_mlp
 FOLD_RESIDUAL = True
 # Measurement switch (ab_decode part "projfold"): inside a traced layer, the residual adds after o_proj and after a
 # patched dense MLP's down_proj run in the projection's launch (zk's qmv_residual, where quantized_linear patched it).
-# Off until the GPU tests find it bit-exact and a capsule faster (written without a GPU)
+# Bit-exact on the H100, slower in llama's and qwen3's decode A/Bs (docs/perf-notes.md v11): off
 FOLD_PROJECTIONS = False
 # Measurement switch (ab_decode part "normfold"): inside a traced layer, a norm whose only reader is a projection group
 # patched by quantized_linear (q/k/v after input_layernorm, a dense MLP's gate/up after the post-attention norm) runs
-# inside that group's launch (zk.qmv_many_norm). Off until the GPU tests and a capsule say so
+# inside that group's launch (zk.qmv_many_norm). Bit-exact on the H100, slower with projfold (v11): off
 FOLD_NORMS = False
 # Measurement switch (ab_decode part "ropefold"): a traced Llama-style layer's two mx.fast.rope calls (q, k) as one
-# zk.rope_qk launch. Off until the GPU tests and a capsule say so (written without a GPU)
+# zk.rope_qk launch. Bit-exact on the H100, slower still with the other two folds (v11): off
 FOLD_ROPE = False
 
 
