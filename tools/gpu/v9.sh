@@ -11,8 +11,8 @@
 #     qwen3-30b-a3b`: a) the experts per launch and loop form, A/Bs of the batch form (q4batch) on gpt-oss and lfm2;
 #     b) mixtral alone on the disk (its 26 GB do not fit beside the others): fused experts on zk.qmv's core, both forms
 #   bash tools/gpu/v9.sh experts [OLD_KERNELS_PY]  # fused expert MLPs at decode (bench_kernels --experts-only;
-#     top-k < 8 rows also "(qmv core)": moe_experts_q4.py); with a path, again with that moe_experts_kernels.py
-#     swapped in (an earlier version), then restored
+#     top-k < 8 rows also "(qmv core)" per loop form and per launch: moe_experts_q4.py); with a path, again with
+#     that file swapped in for the ops/ module of its name (an earlier version), then restored
 set -uo pipefail
 OUT=${OUT:-/tmp/zmlx-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MLX_CUDA_USE_CUDNN_SDPA=0
@@ -72,7 +72,9 @@ case "${1:-}" in
     fi
     ;;
   experts)
-    f=packages/zmlx-kernels/src/zmlx/kernels/ops/moe_experts_kernels.py
+    # OLD: an earlier version of one kernel-text module of ops/ (moe_experts_mma.py, moe_experts_q4.py, ...), swapped
+    # in under its own name for a second run, then restored
+    f=packages/zmlx-kernels/src/zmlx/kernels/ops/$(basename "${2:-moe_experts_kernels.py}")
     timeout 250 python3 tools/bench_kernels.py --experts-only > "$OUT/experts-new.md" 2>&1
     if [ -n "${2:-}" ]; then
       cp "$f" /tmp/zm-current.py && cp "$2" "$f"
