@@ -68,7 +68,9 @@ case "${1:-}" in
       rm -rf /tmp/zmlx-synth/*
       timeout 300 python3 -c "import sys; from zmlx.validate import load_model; load_model(sys.argv[1], \
         cache_dir='/tmp/zmlx-synth')" synthetic:mixtral-8x7b > "$OUT/build-mixtral.log" 2>&1
-      bash "$0" ab mixtral-8x7b stock default+fuse default+fuse+q4batch default+switch
+      # the 1.3x path (perf-notes v11b): experts fused on the core (~2 ms a step less at the microbench's rate) and
+      # the attention side as gpt-oss's (traced layers, every projection through zk.qmv)
+      bash "$0" ab mixtral-8x7b stock default+fuse default+fuse+layer+lin default+fuse+layer+lin+q4batch
     fi
     ;;
   experts)
