@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # v9 on the lent GPU (after the two-step install; later calls on the warm host need only the `source`):
 #   bash tools/gpu/v9.sh tests [MODEL...]   # every kernel check (CUDA sources now #included) and the patch modes
-#     default + quantized_linear on every tiny family; builds the named synthetic checkpoints meanwhile
+#     default, quantized_linear and q4core on every tiny family; builds the named synthetic checkpoints meanwhile
 #   bash tools/gpu/v9.sh ab MODEL CONFIG...  # in-process interleaved A/B (ab_decode.py), 3 rounds of 128 tokens
 #   bash tools/gpu/v9.sh capsule MODEL TAG [zmlx-bench run flags]  # 500 tokens x 5 runs -> $OUT/MODEL_TAG.json
 #   bash tools/gpu/v9.sh prefill MODEL CONFIG...  # in-process interleaved prefill A/B (prefill_ab.py), 8 rounds
@@ -29,7 +29,7 @@ case "${1:-}" in
     ( timeout 570 "${PT[@]}" $K -k moe_experts > "$OUT/k.log" 2>&1 ) &
     ( timeout 570 "${PT[@]}" $K -k "not moe_experts and (qmv or gather)" > "$OUT/k2.log" 2>&1 ) &
     ( timeout 570 "${PT[@]}" $K -k "not moe_experts and not qmv and not gather" > "$OUT/k3.log" 2>&1 ) &
-    ( timeout 570 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "quantized_linear or default or quantized_switch_linear or q4core or folds" \
+    ( timeout 570 "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "quantized_linear or default or q4core" \
       > "$OUT/p.log" 2>&1 ) &
     wait
     for f in k k2 k3 p; do echo "== $f: $(tail -1 "$OUT/$f.log")"; grep -E "^FAILED|^ERROR" "$OUT/$f.log" | head -8; done
