@@ -10,6 +10,7 @@
 #   bash tools/gpu/v9.sh measure a|b  # session 8's two-call round after `tests gpt-oss-20b lfm2-8b-a1b llama-3-8b
 #     qwen3-30b-a3b`: a) the experts per launch and loop form, A/Bs of the batch form (q4batch) on gpt-oss and lfm2;
 #     b) mixtral alone on the disk (its 26 GB do not fit beside the others): fused experts on zk.qmv's core, both forms
+#   bash tools/gpu/v9.sh ncu-experts  # each fused expert launch's device time alone under ncu, per shape and form
 #   bash tools/gpu/v9.sh experts [OLD_KERNELS_PY]  # fused expert MLPs at decode (bench_kernels --experts-only;
 #     top-k < 8 rows also "(qmv core)" per loop form and per launch: moe_experts_q4.py); with a path, again with
 #     that file swapped in for the ops/ module of its name (an earlier version), then restored
@@ -62,6 +63,7 @@ case "${1:-}" in
   measure)  # session 8's round after `tests gpt-oss-20b lfm2-8b-a1b llama-3-8b qwen3-30b-a3b`, each half one call
     if [ "${2:-a}" = a ]; then  # the experts per launch and loop form, then the batch form in decode
       bash "$0" experts 2>&1 | grep -E "^\\| (qwen3|lfm2|gpt-oss|mixtral|llama)"
+      bash "$0" ncu-experts
       bash "$0" ab gpt-oss-20b stock default default+q4batch
       bash "$0" ab lfm2-8b-a1b stock default default+q4batch
     else  # mixtral alone on the disk: its experts fused on zk.qmv's core (off by default: unmeasured in decode)
@@ -72,6 +74,12 @@ case "${1:-}" in
       # the attention side as gpt-oss's (traced layers, every projection through zk.qmv)
       bash "$0" ab mixtral-8x7b stock default+fuse default+fuse+layer+lin default+fuse+layer+lin+q4batch
     fi
+    ;;
+  ncu-experts)  # each fused expert launch's device time alone, per shape and loop form (tools/gpu/experts_ncu.py)
+    command -v ncu >/dev/null || { echo "ncu-experts: no ncu on this host" >&2; exit 2; }
+    timeout 300 ncu --metrics gpu__time_duration.sum --csv -k regex:zmlx_moe --log-file "$OUT/experts-ncu.csv" \
+      python3 tools/gpu/experts_ncu.py > "$OUT/experts-ncu.out" 2>&1
+    python3 tools/gpu/experts_ncu.py --summarize "$OUT/experts-ncu.csv" 2>&1 || tail -5 "$OUT/experts-ncu.out"
     ;;
   experts)
     # OLD: an earlier version of one kernel-text module of ops/ (moe_experts_mma.py, moe_experts_q4.py, ...), swapped
@@ -85,5 +93,5 @@ case "${1:-}" in
     fi
     for s in new old; do [ -f "$OUT/experts-$s.md" ] && { echo "== $s"; grep -E "^\\|" "$OUT/experts-$s.md"; }; done
     ;;
-  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]|prefill MODEL CONFIG...|graphs MODEL CONFIG...|measure|experts [OLD]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]|prefill MODEL CONFIG...|graphs MODEL CONFIG...|measure|ncu-experts|experts [OLD]" >&2; exit 2 ;;
 esac
