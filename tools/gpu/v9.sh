@@ -65,7 +65,8 @@ case "${1:-}" in
       bash "$0" experts 2>&1 | grep -E "^\\| (qwen3|lfm2|gpt-oss|mixtral|llama)"
       bash "$0" ncu-experts
       bash "$0" ab gpt-oss-20b stock default default+q4batch
-      bash "$0" ab lfm2-8b-a1b stock default default+q4batch
+      bash "$0" ab lfm2-8b-a1b stock default default+q4batch default+layer+lin
+      bash "$0" ab llama-3-8b stock default default+fuse  # fuse: the dense gate+up as one launch on the core
     else  # mixtral alone on the disk: its experts fused on zk.qmv's core (off by default: unmeasured in decode)
       rm -rf /tmp/zmlx-synth/*
       timeout 300 python3 -c "import sys; from zmlx.validate import load_model; load_model(sys.argv[1], \
