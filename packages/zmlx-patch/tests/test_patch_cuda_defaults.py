@@ -33,15 +33,17 @@ def test_gpt_oss_moe_mlp_needs_fused_projections_on_cuda(monkeypatch):
     assert patch(model, patterns=["moe_mlp"], fuse_projections=False, verbose=False).counts == {"moe_mlp": 2}
 
 
-def test_gpt_oss_blocks_whose_experts_cannot_be_fused_keep_their_own_code_on_cuda(monkeypatch):
+def test_gpt_oss_blocks_whose_experts_cannot_be_fused_keep_their_own_code_on_cuda(monkeypatch, capsys):
     """MXFP4 experts (what real gpt-oss checkpoints ship) cannot take the fused kernels, and unfused moe_mlp is the
     slower path on CUDA: those blocks are skipped with the reason, unless patterns= asks for moe_mlp."""
     model = tiny.build("gpt_oss", quantized=True, mode="mxfp4")
     _on_cuda(monkeypatch)
-    result = patch(model, verbose=False)
+    result = patch(model)
     assert result.fuse_projections is True and "moe_mlp" not in result.counts
     moe = [why for _, why in result.skipped if why.startswith("moe_mlp")]
     assert len(moe) == 2 and all("not fusable" in why and "capsules/" in why for why in moe)
+    out = capsys.readouterr().out  # one line a reason, and no claim of fused projections where none were
+    assert "skipped 2 modules: moe_mlp: projections not fusable here" in out and "projections fused" not in out
     unpatch(model)
     assert patch(model, patterns=["moe_mlp"], verbose=False).counts == {"moe_mlp": 2}
 

@@ -225,8 +225,13 @@ def _print(result: PatchResult) -> None:
             print(f"  {name}: {n}")
     else:
         print("Patched 0 modules.")
-    if result.fuse_projections and result.total:
+    if result.fuse_projections and {"moe_mlp", "swiglu_mlp", "geglu_mlp"} & set(result.counts):
         print(f"{PREFIX} fuse_projections: quantized projections fused at decode")
+    skipped: dict[str, int] = {}
+    for _, why in result.skipped:  # one line per reason, not per module
+        skipped[why] = skipped.get(why, 0) + 1
+    for why, n in skipped.items():
+        print(f"{PREFIX} skipped {n} module{'s' if n > 1 else ''}: {why}")
     if result.opt_ins and result.total:
         print(f"{PREFIX} opt-in fusions (bit-exact where they run; see docs/perf-notes.md): {', '.join(result.opt_ins)}")
     slow = [p for p, why in result.not_applied.items() if why.startswith("slower on CUDA")]
