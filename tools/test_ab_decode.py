@@ -70,3 +70,17 @@ def test_capsule_switch_refuses_an_unknown_switch(capsys):
     assert cs.main(["turbo", "--", "synthetic:llama-3-8b"]) == 2
     assert "unknown switch turbo" in capsys.readouterr().err
     assert cs.main(["q4batch"]) == 2  # no `--` and run arguments: the usage
+
+
+def test_every_ab_switch_is_a_recorded_measurement_flag():
+    """Capsules record zmlx.patch.measurement's flags; a switch ab_decode can set must be one of them."""
+    from zmlx.patch.measurement import FLAGS, measurement_flags
+
+    assert {(module, flag) for module, flag, _ in ab.SWITCHES.values()} <= set(FLAGS)
+    flags = measurement_flags()
+    assert flags["_experts.QMV_CORE"] is True and flags["_experts.Q4_BATCH"] is False  # today's defaults
+    try:
+        ab.apply_switches("default+q4batch")
+        assert measurement_flags()["_experts.Q4_BATCH"] is True
+    finally:
+        ab.apply_switches("default")

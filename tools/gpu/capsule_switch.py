@@ -2,8 +2,9 @@
 
     python3 tools/gpu/capsule_switch.py noq4core[,projfold] -- synthetic:MODEL --runs 5 ... --note "..."
 
-Everything after ``--`` goes to ``zmlx-bench run``. The capsule records zmlx-bench's own command line, so name the
-switches in ``--note``; switches not named keep their defaults (unlike ab_decode, which sets every one).
+Everything after ``--`` goes to ``zmlx-bench run``. The capsule records the switches as the run found them
+(``methodology.switches``; ``zmlx-bench report`` shows those off their default); switches not named keep their
+defaults (unlike ab_decode, which sets every one).
 """
 
 from __future__ import annotations

@@ -57,6 +57,8 @@ def test_run_writes_a_capsule_that_report_compare_and_schema_accept(tiny_capsule
     m = cap.methodology
     assert (m.runs, m.max_tokens, m.prompt_tokens, m.warmup_runs, m.order) == (2, 16, 32, 1, "interleaved")
     assert m.patch_held is True  # patched once; baseline runs inside zmlx.patch.suspended
+    # the measurement switches as the run found them: today's defaults
+    assert m.switches["_experts.QMV_CORE"] is True and m.switches["_layer.FOLD_NORMS"] is False
     assert m.command[:2] == ["zmlx-bench", "run"]
     assert cap.environment.backend == "cpu" and cap.environment.mlx
     (r,) = cap.results

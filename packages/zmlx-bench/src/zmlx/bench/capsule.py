@@ -109,6 +109,10 @@ class Methodology(Base, kw_only=True):
     prompt: Annotated[
         str, _doc("how the prompt was made (deterministic; see zmlx.bench.run.synth_prompt_ids)")
     ]
+    switches: Annotated[dict[str, bool], _doc(
+        "zmlx's measurement switches as the run found them ('module.FLAG' -> value; zmlx.patch.measurement): "
+        "pattern flags that pick between bit-identical kernel forms, not patch() arguments. Empty in capsules "
+        "written before this field; those made by tools/gpu/capsule_switch.py name theirs in the note")] = {}
     bootstrap_resamples: int
     command: Annotated[list[str], _doc("argv of the run")]
 

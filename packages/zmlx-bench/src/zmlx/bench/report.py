@@ -47,8 +47,16 @@ def _methodology(c: Capsule) -> str:
         f"fused path for M <= {m.max_fused_tokens}; patterns: {pats}; "
         f"fuse_projections={m.fuse_projections}, compile_blocks={m.compile_blocks}"
         f"{''.join(f', {k}=True' for k in ('fuse_router', 'fuse_qkv', 'fuse_conv_proj') if getattr(m, k))}; "
-        f"medians, speedup interval: {m.bootstrap_resamples} bootstrap resamples"
+        f"{_switches(m.switches)}medians, speedup interval: {m.bootstrap_resamples} bootstrap resamples"
     )
+
+
+def _switches(flags: dict[str, bool]) -> str:
+    # measurement switches that differ from today's defaults (none recorded before the field existed)
+    from zmlx.patch.measurement import changed
+
+    diff = changed(flags)
+    return f"switches {', '.join(f'{k}={v}' for k, v in sorted(diff.items()))}; " if diff else ""
 
 
 def result_rows(c: Capsule) -> list[list[str]]:

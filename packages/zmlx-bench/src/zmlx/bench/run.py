@@ -137,6 +137,7 @@ def run_models(
     created = dt.datetime.now(dt.UTC).replace(microsecond=0)
     env = collect_environment()
     from zmlx.patch import switches
+    from zmlx.patch.measurement import measurement_flags
 
     patch_kwargs: dict[str, Any] = {"max_fused_tokens": max_fused_tokens}
     patch_kwargs.update({k: v for k, v in (("fuse_projections", fuse_projections),
@@ -221,6 +222,7 @@ def run_models(
             exclude=list(exclude),
             prompt=f"{prompt_tokens} tokens of seeded random plain words (zmlx.bench.run.synth_prompt_ids, "
                    f"seed {seed})",
+            switches=measurement_flags(),
             bootstrap_resamples=resamples,
             command=list(command),
         ),
