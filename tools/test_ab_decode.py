@@ -52,12 +52,12 @@ def test_too_few_tokens_for_the_untimed_start_is_a_usage_error(capsys):
 def test_switch_parts_set_their_flags_and_reset_them_when_absent():
     from zmlx.patch.patterns import _experts
 
-    assert ab.parse_config("default+q4batch+noq4core") == (None, {})
+    assert ab.parse_config("default+q4step+noq4core") == (None, {})
     try:
-        ab.apply_switches("default+q4batch+noq4core")
-        assert _experts.Q4_BATCH is True and _experts.QMV_CORE is False
+        ab.apply_switches("default+q4step+noq4core")
+        assert _experts.Q4_BATCH is False and _experts.QMV_CORE is False
         ab.apply_switches("default")  # every switch back to its default
-        assert _experts.Q4_BATCH is False and _experts.QMV_CORE is True
+        assert _experts.Q4_BATCH is True and _experts.QMV_CORE is True
     finally:
         ab.apply_switches("default")
 
@@ -69,7 +69,7 @@ def test_capsule_switch_refuses_an_unknown_switch(capsys):
     cs_spec.loader.exec_module(cs)
     assert cs.main(["turbo", "--", "synthetic:llama-3-8b"]) == 2
     assert "unknown switch turbo" in capsys.readouterr().err
-    assert cs.main(["q4batch"]) == 2  # no `--` and run arguments: the usage
+    assert cs.main(["q4step"]) == 2  # no `--` and run arguments: the usage
 
 
 def test_every_ab_switch_is_a_recorded_measurement_flag():
@@ -78,9 +78,9 @@ def test_every_ab_switch_is_a_recorded_measurement_flag():
 
     assert {(module, flag) for module, flag, _ in ab.SWITCHES.values()} <= set(FLAGS)
     flags = measurement_flags()
-    assert flags["_experts.QMV_CORE"] is True and flags["_experts.Q4_BATCH"] is False  # today's defaults
+    assert flags["_experts.QMV_CORE"] is True and flags["_experts.Q4_BATCH"] is True  # today's defaults
     try:
-        ab.apply_switches("default+q4batch")
-        assert measurement_flags()["_experts.Q4_BATCH"] is True
+        ab.apply_switches("default+q4step")
+        assert measurement_flags()["_experts.Q4_BATCH"] is False
     finally:
         ab.apply_switches("default")

@@ -19,8 +19,8 @@ and 'convproj' are the opt-ins patch(fuse_router=True), patch(fuse_qkv=True) and
 routing launch (zk.quantized_router), the q/k/v projections inside the q/k norm + RoPE launch (zk.qkv_norm_rope),
 LFM2's conv in_proj inside the short-conv launch (zk.short_conv_proj); 'noprologue' keeps compile_blocks from
 tracing the qk_norm_rope attention prologue; 'noq4core' runs 4-bit top-k < 8 fused experts on the older
-one-block-a-row kernels instead of zk.qmv's core (moe_experts_q4.py, the default since v11); 'q4batch' runs those in
-their batch loop form (every unrolled step's loads first); 'projfold' adds a traced layer's residuals inside its
+one-block-a-row kernels instead of zk.qmv's core (moe_experts_q4.py, the default since v11); 'q4step' runs those in
+zk.qmv's step loop form instead of the batch form (every unrolled step's loads first; the default since v12); 'projfold' adds a traced layer's residuals inside its
 o_proj and dense down_proj launches (zk.qmv_residual where quantized_linear patched them: default+layer+lin+projfold); 'normfold' runs a traced
 layer's norms inside the q/k/v or gate/up launch that reads them (zk.qmv_many_norm); 'ropefold' a traced
 Llama-style layer's q and k rotations as one launch (zk.rope_qk). Pattern parts after 'default' add opt-in patterns to the family's
@@ -41,7 +41,7 @@ PARTS = {"moe": ["moe_mlp"], "qk": ["qk_norm_rope"], "res": ["residual_norm"], "
 # switch part -> (pattern module, its module-level flag, the flag's value while a config naming the part runs;
 # the opposite otherwise): measurement switches that are not patch() arguments
 SWITCHES = {"nofold": ("_layer", "FOLD_RESIDUAL", False), "noprologue": ("qk_norm_rope", "TRACE_PROLOGUE", False),
-            "noq4core": ("_experts", "QMV_CORE", False), "q4batch": ("_experts", "Q4_BATCH", True), "projfold": ("_layer", "FOLD_PROJECTIONS", True),
+            "noq4core": ("_experts", "QMV_CORE", False), "q4step": ("_experts", "Q4_BATCH", False), "projfold": ("_layer", "FOLD_PROJECTIONS", True),
             "normfold": ("_layer", "FOLD_NORMS", True), "ropefold": ("_layer", "FOLD_ROPE", True)}
 # part -> the opt-in patch() argument it turns on, alone or after 'default'
 OPT_INS = {"router": "fuse_router", "qkv": "fuse_qkv", "convproj": "fuse_conv_proj", "fuse": "fuse_projections"}

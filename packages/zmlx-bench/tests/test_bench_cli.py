@@ -31,13 +31,13 @@ def test_report_shows_environment_method_results_and_runs(tmp_path, capsule_fact
 def test_report_shows_only_the_switches_a_run_changed(tmp_path, capsule_factory, capsys):
     cap = capsule_factory()
     plain = _save(tmp_path, "plain.json", cap)  # no switches recorded (older capsule): nothing shown
-    flags = {"_experts.QMV_CORE": True, "_experts.Q4_BATCH": True}
-    flipped = _save(tmp_path, "q4b.json", msgspec.structs.replace(
+    flags = {"_experts.QMV_CORE": True, "_experts.Q4_BATCH": False}
+    flipped = _save(tmp_path, "q4step.json", msgspec.structs.replace(
         cap, methodology=msgspec.structs.replace(cap.methodology, switches=flags)))
     assert main(["report", plain]) == 0 and "switches" not in capsys.readouterr().out
     assert main(["report", flipped]) == 0
     out = capsys.readouterr().out
-    assert "switches _experts.Q4_BATCH=True;" in out and "QMV_CORE" not in out
+    assert "switches _experts.Q4_BATCH=False;" in out and "QMV_CORE" not in out
 
 
 def test_report_names_a_divergence(tmp_path, capsule_factory, capsys):

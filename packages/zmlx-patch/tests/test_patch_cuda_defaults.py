@@ -1,5 +1,5 @@
 """Per-family CUDA defaults measured on the H100 apply only there, name their capsules, and explicit arguments
-override them: moe_mlp off for gpt_oss unless its projections are fused and off for mixtral, fuse_projections on
+override them: moe_mlp off for gpt_oss and mixtral unless their projections are fused, fuse_projections on
 for the families in registry.FUSE_ON_CUDA, the opt-ins of registry.ON_CUDA on."""
 
 from pathlib import Path
@@ -48,7 +48,7 @@ def test_gpt_oss_blocks_whose_experts_cannot_be_fused_keep_their_own_code_on_cud
     assert patch(model, patterns=["moe_mlp"], verbose=False).counts == {"moe_mlp": 2}
 
 
-@pytest.mark.parametrize("family,fused", [("qwen3_moe", True), ("lfm2_moe", True), ("mixtral", False),
+@pytest.mark.parametrize("family,fused", [("qwen3_moe", True), ("lfm2_moe", True), ("mixtral", True),
                                           ("llama", False)])
 def test_fuse_projections_default_per_family_on_cuda(family, fused, monkeypatch, capsys):
     model = tiny.build(family, quantized=True)
@@ -62,16 +62,20 @@ def test_fuse_projections_default_per_family_on_cuda(family, fused, monkeypatch,
     unpatch(model)
 
 
-def test_mixtral_moe_mlp_is_off_on_cuda_where_a_capsule_measured_it_slower(monkeypatch, capsys):
+def test_mixtral_on_cuda_fuses_its_experts_and_leaves_unfused_moe_mlp_out(monkeypatch, capsys):
     model = tiny.build("mixtral", quantized=True)
     assert patch(model, verbose=False).counts == {"moe_mlp": 2}  # CPU: nothing per-backend applies
     unpatch(model)
     _on_cuda(monkeypatch)
-    result = patch(model)
-    assert result.counts == {} and "x0.750" in result.not_applied["moe_mlp"]
+    result = patch(model, verbose=False)  # the x1.321 capsule's configuration
+    assert result.fuse_projections is True
+    assert set(result.counts) == {"moe_mlp", "attention_layer", "quantized_linear"} and result.counts["moe_mlp"] == 2
+    unpatch(model)
+    result = patch(model, fuse_projections=False)  # unfused it measured x0.750: left out, with the reason
+    assert "moe_mlp" not in result.counts and "x0.750" in result.not_applied["moe_mlp"]
     assert "left out on CUDA, measured slower here: moe_mlp" in capsys.readouterr().out
     unpatch(model)
-    assert patch(model, patterns=["moe_mlp"], verbose=False).counts == {"moe_mlp": 2}  # asked for: applied
+    assert patch(model, patterns=["moe_mlp"], fuse_projections=False, verbose=False).counts == {"moe_mlp": 2}
 
 
 def _capsules(reason: str) -> list[str]:
@@ -107,7 +111,7 @@ def test_opt_ins_measured_faster_are_defaults_on_cuda_only(family, monkeypatch):
 
 def test_opt_ins_stay_opt_in_on_cuda_where_unmeasured(monkeypatch):
     _on_cuda(monkeypatch)
-    model = tiny.build("mixtral", quantized=True)
+    model = tiny.build("olmoe", quantized=True)
     result = patch(model, verbose=False)
     assert "quantized_linear" not in result.counts and "quantized_linear" in result.not_applied
     unpatch(model)

@@ -17,8 +17,8 @@ def test_defaults_are_what_a_fresh_process_runs():
 def test_changed_keeps_what_differs_and_unknown_names(monkeypatch):
     from zmlx.patch.patterns import _experts
 
-    monkeypatch.setattr(_experts, "Q4_BATCH", True)
+    monkeypatch.setattr(_experts, "Q4_BATCH", False)
     flags = measurement.measurement_flags()
-    assert measurement.changed(flags) == {"_experts.Q4_BATCH": True}
+    assert measurement.changed(flags) == {"_experts.Q4_BATCH": False}
     assert measurement.changed({"_experts.QMV_CORE": False, "gone.FLAG": True}) == {
         "_experts.QMV_CORE": False, "gone.FLAG": True}

@@ -11,7 +11,7 @@ import importlib
 # (pattern module under zmlx.patch.patterns, flag): each read when a block is patched or traced
 FLAGS: tuple[tuple[str, str], ...] = (
     ("_experts", "QMV_CORE"),  # top-k < 8 4-bit experts / dense gate+up on zk.qmv's core (default on, v11)
-    ("_experts", "Q4_BATCH"),  # those launches in their batch loop form (v11b)
+    ("_experts", "Q4_BATCH"),  # those launches in their batch loop form (default on, v12)
     ("_layer", "FOLD_RESIDUAL"),  # a traced layer's `h + moe(x)` inside the experts' launch
     ("_layer", "FOLD_PROJECTIONS"),  # residual adds inside o_proj / down_proj (v11: slower, off)
     ("_layer", "FOLD_NORMS"),  # norms inside the q/k/v or gate/up launch (v11: slower, off)
@@ -23,7 +23,7 @@ FLAGS: tuple[tuple[str, str], ...] = (
 # each flag's value in the source (what a fresh process runs), for reports that show only what a run changed; a
 # test holds it equal to the modules' own
 DEFAULTS: dict[str, bool] = {
-    "_experts.QMV_CORE": True, "_experts.Q4_BATCH": False, "_layer.FOLD_RESIDUAL": True,
+    "_experts.QMV_CORE": True, "_experts.Q4_BATCH": True, "_layer.FOLD_RESIDUAL": True,
     "_layer.FOLD_PROJECTIONS": False, "_layer.FOLD_NORMS": False, "_layer.FOLD_ROPE": False,
     "qk_norm_rope.TRACE_PROLOGUE": True,
 }

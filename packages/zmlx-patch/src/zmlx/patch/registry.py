@@ -84,15 +84,15 @@ SLOW_ON_CUDA: dict[str, dict[str, str]] = {
                            "more host time than the few ops it replaces (with fused projections, the default "
                            "here: x1.23 and x0.99)"},
     "mixtral": {"moe_mlp": "unfused: decode x0.750 [0.668, 0.886], slower, 0/5 pairs on an H100: "
-                           "capsules/20261127_h100_mixtral-8x7b_defaults-v11_867ea08.json; in-process A/B x0.914 "
-                           "(docs/perf-notes.md v11); earlier x1.028, within noise: "
-                           "capsules/20261126_h100_mixtral-8x7b_45766c2.json"},
+                           "capsules/20261127_h100_mixtral-8x7b_defaults-v11_867ea08.json; with fused projections, "
+                           "the default here, x1.321: "
+                           "capsules/20261127_h100_mixtral-8x7b_fuse-layer-lin-q4batch-v12_a4f7ca5.json"},
 }
 
 # Families whose MoE blocks decode faster on CUDA with fused projections (H100, 500 tokens x 5 runs, token-identical).
 # Small experts at decode are launch-bound, so two launches instead of MLX's ~8 win; mixtral's large experts are
-# bandwidth-bound and lose (x0.68, capsules/20261126_h100_mixtral-8x7b_fuse_56a7570.json): not listed, nor are
-# families without a capsule.
+# bandwidth-bound and won only on zk.qmv's core in the batch loop form (1.7-2x MLX's device rate). Families without
+# a capsule are not listed.
 FUSE_ON_CUDA: dict[str, str] = {
     "qwen3_moe": "decode x1.10 and x1.18 (each within noise; in-process A/B x1.44, docs/perf-notes.md): "
                  "capsules/20261126_h100_qwen3-30b-a3b_lfm2-8b-a1b_fuse_56a7570.json, "
@@ -106,6 +106,11 @@ FUSE_ON_CUDA: dict[str, str] = {
                "before it x1.23 [1.09, 1.48] on a slower host, x0.99 [0.82, 1.24] on a faster one: "
                "capsules/20261126_h100_gpt-oss-20b_moe-fuse_56a7570.json, "
                "capsules/20261127_h100_lfm2-8b-a1b_gpt-oss-20b_defaults_7dd59bb.json",
+    "mixtral": "decode x1.321 [1.051, 1.470], faster, 5/5 pairs (prefill x1.001), with the experts on zk.qmv's core "
+               "in the batch form and attention_layer + quantized_linear: "
+               "capsules/20261127_h100_mixtral-8x7b_fuse-layer-lin-q4batch-v12_a4f7ca5.json; unfused x0.750, "
+               "capsules/20261127_h100_mixtral-8x7b_defaults-v11_867ea08.json; fused on the older kernels x0.68, "
+               "capsules/20261126_h100_mixtral-8x7b_fuse_56a7570.json",
 }
 
 
@@ -127,6 +132,10 @@ ON_CUDA: dict[str, dict[str, str]] = {
         "with both and the experts on zk.qmv's core: gpt-oss-20b decode x1.582 [1.402, 1.810], faster, 5/5 pairs "
         "(prefill x1.019), capsules/20261127_h100_gpt-oss-20b_defaults-v11_867ea08.json; with both on the older "
         "expert kernels x0.970, capsules/20261127_h200_gpt-oss-20b_moe-lin-v10_20608aa.json (perf-notes v10, v11)"),
+    "mixtral": dict.fromkeys(("attention_layer", "quantized_linear"),
+        "with both and the experts fused on zk.qmv's core (batch form): mixtral-8x7b decode x1.321 [1.051, 1.470], "
+        "faster, 5/5 pairs (prefill x1.001), capsules/20261127_h100_mixtral-8x7b_fuse-layer-lin-q4batch-v12_a4f7ca5.json;"
+        " in-process A/B x1.379 against x1.183 in the step form (perf-notes v12)"),
 }
 
 

@@ -82,7 +82,7 @@ def dense_gate_up_reference(x, gate: Quant, up: Quant, *, group_size, bits, acti
 
 
 def dense_gate_up(x: mx.array, gate: Quant, up: Quant, *, group_size: int, bits: int, activation: str = "swiglu",
-                  alpha: float = 1.702, limit: float = 7.0, qmv_core: bool = True, q4_form: str = "step",
+                  alpha: float = 1.702, limit: float = 7.0, qmv_core: bool = True, q4_form: str = "batch",
                   stream: mx.Stream | None = None) -> mx.array:
     """``act(gate(x), up(x))`` of a dense quantized MLP for one token, shaped like ``x`` with ``N`` columns.
 
@@ -106,7 +106,7 @@ def _fusable(x: mx.array, qs: tuple[Quant, ...]) -> bool:
 def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group_size: int, bits: int,
                 activation: str = "swiglu", gate_bias: mx.array | None = None, up_bias: mx.array | None = None,
                 alpha: float = 1.702, limit: float = 7.0, out_shape: tuple[int, ...] | None = None,
-                qmv_core: bool = True, q4_form: str = "step", stream: mx.Stream | None = None) -> mx.array:
+                qmv_core: bool = True, q4_form: str = "batch", stream: mx.Stream | None = None) -> mx.array:
     """Activation of the gate and up projections of the ``k`` experts in ``indices`` for one token: ``[k, N]``.
 
     ``out_shape`` (same size) names the result's shape directly: every reshape is a graph node on the decode path.
@@ -114,7 +114,8 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
     shape and packed dequantisation, the same results; on an H100 1.6-2.3x less time a call than the one-block-a-row
     kernel, docs/profiles/20261127_h100_session7_qmv_core.md); False keeps that kernel; 8-bit and mma launches are
     unaffected. ``q4_form``:
-    that kernel's loop, ``"step"`` (zk.qmv's) or ``"batch"`` (every unrolled step's loads first), the same results.
+    that kernel's loop, ``"batch"`` (default: every unrolled step's loads first; 1.2-1.6x less device time a launch
+    on an H100, perf-notes v12) or ``"step"`` (zk.qmv's), the same results.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -158,7 +159,7 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
 
 def moe_down_combine(h: mx.array, indices: mx.array, down: Quant, scores: mx.array, *, group_size: int,
                      bits: int, fp32: bool, down_bias: mx.array | None = None, residual: mx.array | None = None,
-                     out_shape: tuple[int, ...] | None = None, qmv_core: bool = True, q4_form: str = "step",
+                     out_shape: tuple[int, ...] | None = None, qmv_core: bool = True, q4_form: str = "batch",
                      stream: mx.Stream | None = None) -> mx.array:
     """Down projection of each expert's ``h`` row, then the family's weighted combine in routing order: ``[D]``
     (or ``out_shape``, same size). ``residual`` (``[D]`` values, the combine's dtype) is added last, rounded
