@@ -7,9 +7,6 @@
 #   bash tools/gpu/v9.sh prefill MODEL CONFIG...  # in-process interleaved prefill A/B (prefill_ab.py), 8 rounds
 #   bash tools/gpu/v9.sh graphs MODEL CONFIG...  # per configuration, CUDA graph API calls over one 2 x 64-token
 #     ab_decode run under nsys (cudaGraphInstantiate against cudaGraphExecUpdate: MLX's graph cache, perf-notes v10b)
-#   bash tools/gpu/v9.sh measure a|b  # session 8's two-call round after `tests gpt-oss-20b lfm2-8b-a1b llama-3-8b
-#     qwen3-30b-a3b`: a) the experts per launch and loop form, A/Bs of the batch form (q4batch) on gpt-oss and lfm2;
-#     b) mixtral alone on the disk (its 26 GB do not fit beside the others): fused experts on zk.qmv's core, both forms
 #   bash tools/gpu/v9.sh qmv-ncu  # zk.qmv's launch forms (step, batch, half-warp) vs MLX's qmv under ncu -> qmv-ncu.md
 #   bash tools/gpu/v9.sh ncu-experts  # each fused expert launch's device time alone under ncu, per shape and form
 #   bash tools/gpu/v9.sh experts [OLD_KERNELS_PY]  # fused expert MLPs at decode (bench_kernels --experts-only;
@@ -61,25 +58,6 @@ case "${1:-}" in
       nsys stats -q -r cuda_api_sum -f csv "$OUT/graphs-$c.nsys-rep" 2>/dev/null | grep -iE "graph|Name" | cut -d, -f2-3,9
     done
     ;;
-  measure)  # session 8's round after `tests gpt-oss-20b lfm2-8b-a1b llama-3-8b qwen3-30b-a3b`, each half one call
-    if [ "${2:-a}" = a ]; then  # the experts per launch and loop form, then the batch form in decode
-      bash "$0" experts 2>&1 | grep -E "^\\| (qwen3|lfm2|gpt-oss|mixtral|llama)"
-      bash "$0" ncu-experts
-      bash "$0" ab gpt-oss-20b stock default default+q4batch
-      bash "$0" ab lfm2-8b-a1b stock default default+q4batch default+layer+lin
-      bash "$0" ab llama-3-8b stock default default+fuse  # fuse: the dense gate+up as one launch on the core
-    else  # mixtral alone on the disk: its experts fused on zk.qmv's core (off by default: unmeasured in decode)
-      rm -rf /tmp/zmlx-synth/*
-      # zk.qmv's forms under ncu while the checkpoint builds (device times: the build's host load does not move them)
-      bash "$0" qmv-ncu &
-      timeout 300 python3 -c "import sys; from zmlx.validate import load_model; load_model(sys.argv[1], \
-        cache_dir='/tmp/zmlx-synth')" synthetic:mixtral-8x7b > "$OUT/build-mixtral.log" 2>&1
-      wait
-      # the 1.3x path (perf-notes v11b): experts fused on the core (~2 ms a step less at the microbench's rate) and
-      # the attention side as gpt-oss's (traced layers, every projection through zk.qmv)
-      bash "$0" ab mixtral-8x7b stock default+fuse default+fuse+layer+lin default+fuse+layer+lin+q4batch
-    fi
-    ;;
   qmv-ncu)  # zk.qmv's launch forms (step r*, batch b*, half-warp h*) against MLX's qmv: device us, % of DRAM peak
     command -v ncu >/dev/null || { echo "qmv-ncu: no ncu on this host" >&2; exit 2; }
     timeout 400 ncu --profile-from-start off --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
@@ -105,5 +83,5 @@ case "${1:-}" in
     fi
     for s in new old; do [ -f "$OUT/experts-$s.md" ] && { echo "== $s"; grep -E "^\\|" "$OUT/experts-$s.md"; }; done
     ;;
-  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]|prefill MODEL CONFIG...|graphs MODEL CONFIG...|measure|qmv-ncu|ncu-experts|experts [OLD]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]|prefill MODEL CONFIG...|graphs MODEL CONFIG...|qmv-ncu|ncu-experts|experts [OLD]" >&2; exit 2 ;;
 esac

@@ -209,7 +209,7 @@ def test_list_patterns_and_support_matrix(capsys):
     assert traced_off == {"qwen2_moe", "qwen3_next", "qwen3_5", "qwen3_5_moe"}, "sigmoid-gated shared experts only"
     fused = {line.split()[0] for line in out.splitlines() if "projections fused on CUDA" in line
              and not line.startswith("why")}
-    assert fused == {"qwen3_moe", "lfm2_moe", "gpt_oss"}  # registry.FUSE_ON_CUDA, each with its capsules
+    assert fused == {"qwen3_moe", "lfm2_moe", "gpt_oss", "mixtral"}  # registry.FUSE_ON_CUDA, each with its capsules
     assert "gpt_oss moe_mlp off on CUDA: unfused" in out
     assert list_main(["bogus"]) == 2
 
