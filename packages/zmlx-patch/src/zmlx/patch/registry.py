@@ -108,7 +108,10 @@ FUSE_ON_CUDA: dict[str, str] = {
                "capsules/20261127_h100_lfm2-8b-a1b_gpt-oss-20b_defaults_7dd59bb.json",
     "mixtral": "decode x1.321 [1.051, 1.470], faster, 5/5 pairs (prefill x1.001), with the experts on zk.qmv's core "
                "in the batch form and attention_layer + quantized_linear: "
-               "capsules/20261127_h100_mixtral-8x7b_fuse-layer-lin-q4batch-v12_a4f7ca5.json; unfused x0.750, "
+               "capsules/20261127_h100_mixtral-8x7b_fuse-layer-lin-q4batch-v12_a4f7ca5.json; on a slower host "
+               "x1.189 [1.144, 1.347] 5/5 and x1.208 [0.908, 1.360] 4/5, host-bound (perf-notes bound 5): "
+               "capsules/20261127_h100_mixtral-8x7b_defaults-v12-2_17152f2.json, "
+               "capsules/20261127_h100_mixtral-8x7b_defaults-v12_17152f2.json; unfused x0.750, "
                "capsules/20261127_h100_mixtral-8x7b_defaults-v11_867ea08.json; fused on the older kernels x0.68, "
                "capsules/20261126_h100_mixtral-8x7b_fuse_56a7570.json",
 }
@@ -121,7 +124,9 @@ ON_CUDA: dict[str, dict[str, str]] = {
     "llama": dict.fromkeys(("attention_layer", "quantized_linear"),
         "with both (+ qmv_many): llama-3-8b decode x1.367 [1.218, 1.403], faster, 5/5 pairs (prefill x0.891), "
         "capsules/20261127_h200_llama-3-8b_defaults-v10_20608aa.json, and x1.021 [0.958, 1.151], within noise, "
-        "on an H100, capsules/20261127_h100_llama-3-8b_defaults-v11_867ea08.json (MLX's graph cache, v10b); before "
+        "on an H100, capsules/20261127_h100_llama-3-8b_defaults-v11_867ea08.json, x0.852 [0.651, 1.255], within "
+        "noise, on another (its in-process A/B x1.255), capsules/20261127_h100_llama-3-8b_defaults-v12_a4f7ca5.json "
+        "(bistable: MLX's graph cache, v10b); before "
         "qmv_many x1.021 and x1.185, within noise, capsules/20261127_h100_llama-3-8b_defaults-v9_7734bd2.json "
         "(docs/perf-notes.md v9, v10, v11)"),
     "qwen3_moe": dict.fromkeys(("attention_layer", "quantized_linear"),
@@ -135,7 +140,8 @@ ON_CUDA: dict[str, dict[str, str]] = {
     "mixtral": dict.fromkeys(("attention_layer", "quantized_linear"),
         "with both and the experts fused on zk.qmv's core (batch form): mixtral-8x7b decode x1.321 [1.051, 1.470], "
         "faster, 5/5 pairs (prefill x1.001), capsules/20261127_h100_mixtral-8x7b_fuse-layer-lin-q4batch-v12_a4f7ca5.json;"
-        " in-process A/B x1.379 against x1.183 in the step form (perf-notes v12)"),
+        " x1.189 and x1.208 on a slower host, capsules/20261127_h100_mixtral-8x7b_defaults-v12-2_17152f2.json; "
+        "in-process A/B x1.379 against x1.183 in the step form (perf-notes v12)"),
 }
 
 
