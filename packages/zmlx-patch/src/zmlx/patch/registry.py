@@ -126,7 +126,7 @@ ON_CUDA: dict[str, dict[str, str]] = {
         "capsules/20261127_h200_llama-3-8b_defaults-v10_20608aa.json, and x1.021 [0.958, 1.151], within noise, "
         "on an H100, capsules/20261127_h100_llama-3-8b_defaults-v11_867ea08.json, x0.852 [0.651, 1.255], within "
         "noise, on another (its in-process A/B x1.255), capsules/20261127_h100_llama-3-8b_defaults-v12_a4f7ca5.json "
-        "(bistable: MLX's graph cache, v10b); before "
+        "(bistable between processes, perf-notes bound 9); before "
         "qmv_many x1.021 and x1.185, within noise, capsules/20261127_h100_llama-3-8b_defaults-v9_7734bd2.json "
         "(docs/perf-notes.md v9, v10, v11)"),
     "qwen3_moe": dict.fromkeys(("attention_layer", "quantized_linear"),
