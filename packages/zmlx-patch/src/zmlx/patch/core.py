@@ -122,7 +122,7 @@ def patch(
     ``fuse_projections`` also fuses the quantized projections at one token (decode): the experts of an MoE block
     become two launches (gate+up+activation, down+combine) and a dense MLP's gate+up one launch, each with the
     numerics MLX itself uses for that call. ``None`` (default) takes the family's measured choice: on for the MoE
-    families whose capsules decode faster on CUDA (registry.FUSE_ON_CUDA: qwen3_moe, lfm2_moe, gpt_oss), off
+    families whose capsules decode faster on CUDA (registry.FUSE_ON_CUDA: qwen3_moe, lfm2_moe, gpt_oss, mixtral), off
     elsewhere, and off on Metal, where nothing has been measured (docs/perf-notes.md).
     ``compile_blocks`` (default on) runs each patched MoE block's decode path through ``mx.compile`` (one trace
     per input shape; later steps replay it without rebuilding the graph in Python); sharded blocks stay eager.
