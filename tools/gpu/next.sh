@@ -15,16 +15,20 @@ LIMIT=${LIMIT:-500}
 PT=(python3 -m pytest -m gpu -q -p no:cacheprovider -rfE -s)
 K=packages/zmlx-kernels/tests
 job() { local name=$1; shift; ( timeout "$LIMIT" "$@" > "$OUT/$name.log" 2>&1; echo "exit $?" >> "$OUT/$name.log" ) & }
-job patch-default "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k default
-job patch-fuse "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "fuse_projections and not unfused"
-job patch-unfused "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k unfused
-job patch-eager "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k eager
-job patch-residual "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k residual_norm
-job patch-switches "${PT[@]}" packages/zmlx-patch/tests/test_patch_gpu.py -k "quantized_router or qkv or conv_proj or attention_layer or stacked"
+P=packages/zmlx-patch/tests/test_patch_gpu.py
+# every mode of the patch file (14 modes x 21 tiny families), six processes of 2-5 minutes each (session 8)
+job patch-default "${PT[@]}" $P -k "default or quantized_linear or q4core"
+job patch-fuse "${PT[@]}" $P -k "fuse_projections or attention_layer"
+job patch-stacked "${PT[@]}" $P -k "stacked or folds"
+job patch-unfused "${PT[@]}" $P -k "unfused or eager"
+job patch-residual "${PT[@]}" $P -k "residual_norm or qkv"
+job patch-opt-ins "${PT[@]}" $P -k "conv_proj or quantized_router or quantized_switch_linear"
 job validate "${PT[@]}" packages/zmlx-validate/tests/test_validate_gpu.py
 job rope-offsets "${PT[@]}" packages/zmlx-patch/tests/test_rope_offset_gpu.py
-job kernels-moe "${PT[@]}" $K/test_kernels_gpu.py -k moe
-job kernels-rest "${PT[@]}" $K/test_kernels_gpu.py -k "not moe"
+# the kernel file in three processes: one took over 570 s (session 7)
+job kernels-moe "${PT[@]}" $K/test_kernels_gpu.py -k moe_experts
+job kernels-qmv "${PT[@]}" $K/test_kernels_gpu.py -k "not moe_experts and (qmv or gather)"
+job kernels-rest "${PT[@]}" $K/test_kernels_gpu.py -k "not moe_experts and not qmv and not gather"
 job routing "${PT[@]}" $K/test_routing_gpu.py
 wait
 cat "$OUT/device.txt"
