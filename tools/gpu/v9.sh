@@ -7,6 +7,7 @@
 #   bash tools/gpu/v9.sh prefill MODEL CONFIG...  # in-process interleaved prefill A/B (prefill_ab.py), 8 rounds
 #   bash tools/gpu/v9.sh graphs MODEL CONFIG...  # per configuration, CUDA graph API calls over one 2 x 64-token
 #     ab_decode run under nsys (cudaGraphInstantiate against cudaGraphExecUpdate: MLX's graph cache, perf-notes v10b)
+#   bash tools/gpu/v9.sh bistable MODEL N CONFIG...  # N fresh processes a configuration: step split and CUDA graphs
 #   bash tools/gpu/v9.sh qmv-ncu  # zk.qmv's launch forms (step, batch, half-warp) vs MLX's qmv under ncu -> qmv-ncu.md
 #   bash tools/gpu/v9.sh ncu-experts  # each fused expert launch's device time alone under ncu, per shape and form
 #   bash tools/gpu/v9.sh experts [OLD_KERNELS_PY]  # fused expert MLPs at decode (bench_kernels --experts-only;
@@ -58,6 +59,24 @@ case "${1:-}" in
       nsys stats -q -r cuda_api_sum -f csv "$OUT/graphs-$c.nsys-rep" 2>/dev/null | grep -iE "graph|Name" | cut -d, -f2-3,9
     done
     ;;
+  bistable)  # the patched step's process-to-process swing (perf-notes bound 9): N fresh processes per configuration,
+    # each one's step split into host build / dispatch / device wait; then one more process writing every CUDA graph
+    # it commits (MLX_SAVE_CUDA_GRAPHS_DOT_FILE, PREFIX_N.dot a graph; kept on /tmp and counted, apart from the
+    # timed runs because writing them costs host time)
+    m=synthetic:$2; n=$3; shift 3
+    for c in "$@"; do
+      for i in $(seq "$n"); do
+        timeout 200 python3 tools/gpu/profile_decode.py "$m" --config "$c" --steps 64 --time \
+          > "$OUT/bistable-$c-$i.log" 2>&1
+        echo "== $c #$i: $(grep -E "ms/step|ms/token" "$OUT/bistable-$c-$i.log" | tr "\n" " ")"
+      done
+      d=/tmp/zmlx-dots/$c; rm -rf "$d"; mkdir -p "$d"
+      MLX_SAVE_CUDA_GRAPHS_DOT_FILE="$d/g" timeout 200 python3 tools/gpu/profile_decode.py "$m" --config "$c" \
+        --steps 8 --time > /dev/null 2>&1
+      echo "== $c graphs: $(find "$d" -name "*.dot" | wc -l) written, $(find "$d" -name "*.dot" -exec md5sum {} + \
+        | cut -d" " -f1 | sort -u | wc -l) distinct"
+    done
+    ;;
   qmv-ncu)  # zk.qmv's launch forms (step r*, batch b*, half-warp h*) against MLX's qmv: device us, % of DRAM peak
     command -v ncu >/dev/null || { echo "qmv-ncu: no ncu on this host" >&2; exit 2; }
     timeout 400 ncu --profile-from-start off --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
@@ -83,5 +102,5 @@ case "${1:-}" in
     fi
     for s in new old; do [ -f "$OUT/experts-$s.md" ] && { echo "== $s"; grep -E "^\\|" "$OUT/experts-$s.md"; }; done
     ;;
-  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]|prefill MODEL CONFIG...|graphs MODEL CONFIG...|qmv-ncu|ncu-experts|experts [OLD]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/gpu/v9.sh tests [MODEL...]|ab MODEL CONFIG...|capsule MODEL TAG [flags]|prefill MODEL CONFIG...|graphs MODEL CONFIG...|bistable MODEL N CONFIG...|qmv-ncu|ncu-experts|experts [OLD]" >&2; exit 2 ;;
 esac
