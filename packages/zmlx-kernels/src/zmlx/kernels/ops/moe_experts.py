@@ -114,7 +114,7 @@ def moe_gate_up(x: mx.array, indices: mx.array, gate: Quant, up: Quant, *, group
     shape and packed dequantisation, the same results; on an H100 1.6-2.3x less time a call than the one-block-a-row
     kernel, docs/profiles/20261127_h100_session7_qmv_core.md); False keeps that kernel; 8-bit and mma launches are
     unaffected. ``q4_form``:
-    that kernel's loop, ``"batch"`` (default: every unrolled step's loads first; 1.2-1.6x less device time a launch
+    that kernel's loop, ``"batch"`` (default: every unrolled step's loads first; 1.3-1.5x less device time a launch
     on an H100, perf-notes v12) or ``"step"`` (zk.qmv's), the same results.
     """
     if activation not in ACTIVATIONS:

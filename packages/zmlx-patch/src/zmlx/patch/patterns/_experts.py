@@ -21,7 +21,7 @@ from zmlx import kernels as zk
 # per-row arithmetic). On: GPU tests bit-exact, lfm2 x2.231 and gpt-oss x1.582 capsules (docs/perf-notes.md v11).
 QMV_CORE = True
 # Measurement switch ('q4step' turns it off): those launches in their batch loop form (zk's q4_form="batch"), bit-exact
-# on the GPU; experts 1.2-1.6x less device time than the step form, mixtral x1.321 capsule (perf-notes v12).
+# on the GPU; experts 1.3-1.5x less device time than the step form, mixtral x1.321 capsule (perf-notes v12).
 Q4_BATCH = True
 
 
