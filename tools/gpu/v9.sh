@@ -63,6 +63,7 @@ case "${1:-}" in
     # each one's step split into host build / dispatch / device wait; then one more process writing every CUDA graph
     # it commits (MLX_SAVE_CUDA_GRAPHS_DOT_FILE, PREFIX_N.dot a graph; kept on /tmp and counted, apart from the
     # timed runs because writing them costs host time)
+    [ $# -ge 4 ] && [ "$3" -gt 0 ] 2>/dev/null || { echo "usage: bash tools/gpu/v9.sh bistable MODEL N CONFIG..." >&2; exit 2; }
     m=synthetic:$2; n=$3; shift 3
     for c in "$@"; do
       for i in $(seq "$n"); do

@@ -50,4 +50,4 @@ def plan_for(block: nn.Module, gate_name: str, up_name: str) -> DensePlan | None
 def gate_up(plan: DensePlan, x: mx.array, activation: str) -> mx.array:
     return zk.dense_gate_up(x, plan.gate, plan.up, group_size=plan.group_size, bits=plan.bits,
                             activation=activation, qmv_core=_experts.QMV_CORE,
-                            q4_form="batch" if _experts.Q4_BATCH else "step")
+                            q4_form=_experts.q4_form())

@@ -25,6 +25,11 @@ QMV_CORE = True
 Q4_BATCH = True
 
 
+def q4_form() -> str:
+    """zk's ``q4_form`` for the qmv-core launches under the Q4_BATCH switch (read when a block is traced)."""
+    return "batch" if Q4_BATCH else "step"
+
+
 @dataclass(frozen=True)
 class ExpertPlan:
     """Everything the two launches need, read once from a SwitchGLU (arrays are references, not copies)."""
@@ -89,7 +94,7 @@ def fused_experts(plan: ExpertPlan, x: mx.array, inds: mx.array, scores: mx.arra
     gb, ub, db = plan.biases
     h = zk.moe_gate_up(x, inds, plan.gate, plan.up, group_size=plan.group_size, bits=plan.bits,
                        activation=plan.activation, gate_bias=gb, up_bias=ub, alpha=plan.alpha, limit=plan.limit,
-                       qmv_core=QMV_CORE, q4_form="batch" if Q4_BATCH else "step")
+                       qmv_core=QMV_CORE, q4_form=q4_form())
     return zk.moe_down_combine(h, inds, plan.down, scores, group_size=plan.group_size, bits=plan.bits, fp32=fp32,
                                down_bias=db, residual=residual, out_shape=(*x.shape[:-1], plan.down[0].shape[-2]),
-                               qmv_core=QMV_CORE, q4_form="batch" if Q4_BATCH else "step")
+                               qmv_core=QMV_CORE, q4_form=q4_form())
